@@ -1,0 +1,45 @@
+"""Delete the files of options that are off and fill in generated secrets."""
+
+import secrets
+import shutil
+import string
+from pathlib import Path
+
+# Paths removed when the option has the given value.
+REMOVE_WHEN = {
+    ("ci", "none"): [".github"],
+}
+OPTIONS = {"ci": "{{ cookiecutter.ci }}"}
+
+# Placeholders replaced by a fresh secret, in every file that contains them.
+SECRET_FILES = [".env", ".envs/.local/.django", ".envs/.local/.postgres", ".envs/.production/.django", ".envs/.production/.postgres"]
+ALPHABET = string.ascii_letters + string.digits
+
+
+def token(length: int) -> str:
+    return "".join(secrets.choice(ALPHABET) for _ in range(length))
+
+
+SECRETS = {
+    "!!!DJANGO_SECRET_KEY!!!": token(64),
+    "!!!FLOWER_PASSWORD!!!": token(32),
+    "!!!PRODUCTION_FLOWER_PASSWORD!!!": token(32),
+    "!!!LOCAL_POSTGRES_PASSWORD!!!": token(32),
+    "!!!PRODUCTION_POSTGRES_PASSWORD!!!": token(32),
+}
+
+
+def main() -> None:
+    for (option, value), paths in REMOVE_WHEN.items():
+        if OPTIONS[option] == value:
+            for path in map(Path, paths):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    for path in map(Path, SECRET_FILES):
+        text = path.read_text()
+        for placeholder, value in SECRETS.items():
+            text = text.replace(placeholder, value)
+        path.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""Settings shared by every environment. Values come from the environment (12-factor)."""
+
+from pathlib import Path
+
+import environ
+from kombu import Queue
+
+from config import topology
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+APPS_DIR = BASE_DIR / "{{ cookiecutter.project_slug }}"
+
+env = environ.Env()
+# A ``.env`` file at the project root (created by the template, git-ignored) serves
+# native development. Real environment variables always win over it.
+if (BASE_DIR / ".env").is_file():
+    env.read_env(BASE_DIR / ".env")
+
+# ------------------------------------------------------------------------------
+# GENERAL
+# ------------------------------------------------------------------------------
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+TIME_ZONE = "{{ cookiecutter.timezone }}"
+LANGUAGE_CODE = "en-us"
+USE_I18N = True
+USE_TZ = True
+SITE_URL = env("SITE_URL", default="http://localhost:8000")
+
+# ------------------------------------------------------------------------------
+# DATABASES
+# ------------------------------------------------------------------------------
+# https://docs.djangoproject.com/en/5.2/ref/settings/#databases
+# Postgres in compose, CI and production; SQLite only as a native-development fallback.
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+# Keep connections open between requests and tasks, and check them before reuse:
+# a worker that outlives a database restart must not fail its next task.
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# ------------------------------------------------------------------------------
+# APPS
+# ------------------------------------------------------------------------------
+DJANGO_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.admin",
+]
+THIRD_PARTY_APPS = [
+    "django_celery_beat",
+]
+LOCAL_APPS = [
+    "{{ cookiecutter.project_slug }}.core",
+    "{{ cookiecutter.project_slug }}.users",
+    "{{ cookiecutter.project_slug }}.payments",
+    "{{ cookiecutter.project_slug }}.exports",
+]
+INSTALLED_APPS = DJANGO_APPS + THIRD_PARTY_APPS + LOCAL_APPS
+
+AUTH_USER_MODEL = "users.User"
+LOGIN_REDIRECT_URL = "/"
+
+# ------------------------------------------------------------------------------
+# HTTP
+# ------------------------------------------------------------------------------
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [APPS_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+# ------------------------------------------------------------------------------
+# STATIC AND MEDIA FILES
+# ------------------------------------------------------------------------------
+STATIC_URL = "/static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+MEDIA_URL = "/media/"
+MEDIA_ROOT = env.path("DJANGO_MEDIA_ROOT", default=str(BASE_DIR / "media"))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
+
+# ------------------------------------------------------------------------------
+# EMAIL
+# ------------------------------------------------------------------------------
+EMAIL_BACKEND = env("DJANGO_EMAIL_BACKEND", default="django.core.mail.backends.smtp.EmailBackend")
+DEFAULT_FROM_EMAIL = env("DJANGO_DEFAULT_FROM_EMAIL", default="{{ cookiecutter.project_name }} <noreply@{{ cookiecutter.domain_name }}>")
+# Fail fast: a hung SMTP server must not eat the whole task time limit.
+EMAIL_TIMEOUT = 10
+
+# ------------------------------------------------------------------------------
+# LOGGING
+# ------------------------------------------------------------------------------
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "verbose": {"format": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "verbose"}},
+    "root": {"level": env("DJANGO_LOG_LEVEL", default="INFO"), "handlers": ["console"]},
+}
+
+# ------------------------------------------------------------------------------
+# CELERY
+# ------------------------------------------------------------------------------
+# Every reliability knob Celery leaves implicit is set here on purpose, with the
+# reason. Queue names, routes and pool profiles live in config/topology.py.
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html
+REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
+
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-url
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL)
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#result-backend
+CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND", default=REDIS_URL)
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#result-extended
+# Store task name, args, queue and the worker that ran it with each result:
+# operators (and our routing tests) can see where a task actually ran.
+CELERY_RESULT_EXTENDED = True
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#result-expires
+# Results are for inspection, not storage: the database holds business state.
+CELERY_RESULT_EXPIRES = 60 * 60 * 24
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#timezone
+CELERY_TIMEZONE = TIME_ZONE
+
+# JSON only: pickle would let anyone who can write to the broker run code.
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#accept-content
+CELERY_ACCEPT_CONTENT = ["json"]
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-serializer
+CELERY_TASK_SERIALIZER = "json"
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#result-serializer
+CELERY_RESULT_SERIALIZER = "json"
+
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-default-queue
+# Unrouted tasks land in "default", never in Celery's implicit "celery" queue that
+# no pool consumes (and manage.py check refuses unrouted tasks anyway).
+CELERY_TASK_DEFAULT_QUEUE = topology.DEFAULT_QUEUE
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-queues
+CELERY_TASK_QUEUES = [Queue(name) for name in topology.QUEUES]
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-create-missing-queues
+# A route to a queue that is not declared raises at send time instead of silently
+# creating a queue nobody consumes.
+CELERY_TASK_CREATE_MISSING_QUEUES = False
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-routes
+CELERY_TASK_ROUTES = topology.ROUTES
+
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-acks-late
+# Acknowledge a message only after the task finished: a worker that dies
+# mid-task does not lose the message. Every task in this project is idempotent
+# (or says why it need not be), which is what makes redelivery safe.
+CELERY_TASK_ACKS_LATE = True
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-reject-on-worker-lost
+# If a child process is killed (OOM killer, hard time limit) do NOT requeue blindly:
+# a task that kills its process would loop forever. ...
+CELERY_TASK_REJECT_ON_WORKER_LOST = False
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-retry-on-worker-lost
+# ... instead send it again as a retry, so max_retries bounds the attempts and the
+# dead-letter path catches the last one.
+CELERY_TASK_RETRY_ON_WORKER_LOST = True
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-acks-on-failure-or-timeout
+# A task that raised is finished: its failure is recorded, the message is acked.
+CELERY_TASK_ACKS_ON_FAILURE_OR_TIMEOUT = True
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-track-started
+# Show STARTED in Flower and results, not just PENDING until done.
+CELERY_TASK_TRACK_STARTED = True
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-time-limit
+# Deliberately NOT set here: a global task_time_limit is copied into every task
+# message and overrides the limits of the pool that runs it. Each pool sets its
+# own limits on its worker command line (config/topology.py), and a task that
+# sets a longer limit than its pool allows fails ``manage.py check``.
+
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-prefetch-multiplier
+# One reserved message per child: with late acks a worker holds no more messages
+# than it runs, and a long task never hoards the next ones. Pools say it again.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-connection-retry-on-startup
+# Keep retrying when the broker is not up yet (container start order), instead of
+# relying on the deprecated implicit behaviour.
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-transport-options
+# https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html#visibility-timeout
+# Redis redelivers unacknowledged messages after the visibility timeout; it must
+# exceed the longest hard time limit or long tasks run twice (celery#4400, #7918).
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": topology.VISIBILITY_TIMEOUT}
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-cancel-long-running-tasks-on-connection-loss
+# When the broker connection drops, late-ack tasks will be redelivered anyway;
+# cancel them rather than let two copies run.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+# https://docs.celeryq.dev/en/stable/userguide/workers.html#soft-shutdown
+# On SIGTERM let running tasks finish for a while, then hand unfinished messages
+# back to the broker. Each pool sets its own timeout (config/topology.py); this
+# is the fallback. Also applies to an idle worker, so it exits promptly.
+CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = 10.0
+CELERY_WORKER_ENABLE_SOFT_SHUTDOWN_ON_IDLE = True
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-max-memory-per-child
+# Fallback memory cap (KiB); each pool sets its own.
+CELERY_WORKER_MAX_MEMORY_PER_CHILD = 250_000
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-send-task-events
+# Flower needs task events to show tasks.
+CELERY_WORKER_SEND_TASK_EVENTS = True
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-send-sent-event
+CELERY_TASK_SEND_SENT_EVENT = True
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-hijack-root-logger
+# Keep Django's LOGGING configuration in workers.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#beat-scheduler
+# Schedules are declared in code and editable in the admin (django-celery-beat).
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"

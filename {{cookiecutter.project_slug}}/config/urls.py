@@ -1,0 +1,8 @@
+from django.contrib import admin
+from django.urls import include, path
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("accounts/", include("{{ cookiecutter.project_slug }}.users.urls")),
+    path("", include("{{ cookiecutter.project_slug }}.core.urls")),
+]

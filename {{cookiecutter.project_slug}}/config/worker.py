@@ -1,0 +1,59 @@
+"""Start one worker pool with the profile declared in ``config/topology.py``.
+
+    python -m config.worker worker-high           # replace this process with the worker
+    python -m config.worker worker-high --print   # only show the command line
+
+The ``Procfile`` and every compose worker service use exactly this command, so the
+pools run the same way natively, in development containers and in production.
+
+Environment:
+  WORKER_<POOL>_CONCURRENCY   override the pool's concurrency (e.g. small in tests)
+  CELERY_LOG_LEVEL            worker log level (default INFO)
+  CELERY_WORKER_AUTORELOAD    "1" restarts the worker when Python files change
+                              (development only; needs watchfiles)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import sys
+
+from config.topology import POOLS, pool_named
+
+
+def build_command(pool_name: str, environ: dict[str, str] | os._Environ = os.environ) -> list[str]:
+    pool = pool_named(pool_name)
+    concurrency = environ.get(pool.concurrency_env)
+    args = pool.celery_args(
+        concurrency=int(concurrency) if concurrency else None,
+        loglevel=environ.get("CELERY_LOG_LEVEL", "INFO"),
+    )
+    return [sys.executable, "-m", "celery", *args]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m config.worker", description=__doc__.splitlines()[0])
+    parser.add_argument("pool", choices=[pool.name for pool in POOLS])
+    parser.add_argument("--print", action="store_true", help="print the command instead of running it")
+    options = parser.parse_args(argv)
+
+    command = build_command(options.pool)
+    if os.environ.get("CELERY_WORKER_AUTORELOAD") == "1":
+        watchfiles = shutil.which("watchfiles")
+        if watchfiles is None:
+            sys.exit("CELERY_WORKER_AUTORELOAD=1 needs watchfiles (pip install -r requirements/local.txt)")
+        # watchfiles runs the worker and restarts it when a .py file changes.
+        command = [watchfiles, "--filter", "python", shlex.join(command), "."]
+
+    if options.print:
+        print(shlex.join(command))
+        return
+    sys.stdout.flush()
+    os.execv(command[0], command)  # noqa: S606 -- exec: signals from Docker/honcho reach the worker directly
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""Fixtures for integration tests: real worker pools on real Redis and Postgres.
+
+The pools are started exactly as in production, from the Procfile lines, as
+subprocesses of the test run. They load ``config.settings.test`` and reach the
+test database through ``DATABASE_URL``.
+
+Without Redis or Postgres the integration tests are skipped on a laptop, and
+fail in CI (``CI`` set), where a skip would hide missing infrastructure.
+"""
+
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from config import topology
+from config.celery_app import app as celery_app
+
+ROOT = Path(__file__).resolve().parent.parent
+STARTUP_TIMEOUT = 90
+
+
+def procfile() -> dict[str, str]:
+    """The Procfile as {process name: command}."""
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    return {
+        name.strip(): command.strip()
+        for name, command in (line.split(":", 1) for line in lines if line.strip() and not line.startswith("#"))
+    }
+
+
+def _missing(reason: str):
+    if os.environ.get("CI"):
+        pytest.fail(f"integration infrastructure missing in CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def _reachable(url: str, default_port: int) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class WorkerPools:
+    processes: dict[str, subprocess.Popen]
+    logs: dict[str, Path]
+    media_root: Path
+
+    def hostname(self, pool_name: str) -> str:
+        return f"{topology.pool_named(pool_name).node}@{socket.gethostname()}"
+
+    def log(self, pool_name: str) -> str:
+        return self.logs[pool_name].read_text(errors="replace")
+
+
+def _test_database_url() -> str:
+    db = connection.settings_dict
+    credentials = quote(db["USER"] or "")
+    if db["PASSWORD"]:
+        credentials += ":" + quote(db["PASSWORD"])
+    return f"postgres://{credentials}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+@pytest.fixture(scope="session")
+def worker_pools(django_db_setup, django_db_blocker, tmp_path_factory):
+    """Start every ``worker-*`` process of the Procfile; stop them at the end."""
+    if not _reachable(settings.CELERY_BROKER_URL, 6379):
+        _missing(f"no broker at {settings.CELERY_BROKER_URL}: start Redis (make services) or set REDIS_URL")
+    with django_db_blocker.unblock():
+        if connection.vendor != "postgresql":
+            _missing("integration tests need Postgres: set DATABASE_URL=postgres://...")
+        database_url = _test_database_url()
+
+    logs_dir = tmp_path_factory.mktemp("worker-logs")
+    media_root = tmp_path_factory.mktemp("media")
+    env = os.environ | {
+        "DJANGO_SETTINGS_MODULE": "config.settings.test",
+        "DATABASE_URL": database_url,
+        "CELERY_TASK_ALWAYS_EAGER": "0",
+        "CELERY_WORKER_AUTORELOAD": "0",
+        "DJANGO_MEDIA_ROOT": str(media_root),
+        # The Procfile says "python": make that this interpreter, as an activated venv would.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    for pool in topology.POOLS:  # small pools: the machine has two cores
+        env.setdefault(pool.concurrency_env, "1")
+
+    celery_app.control.purge()
+    processes, logs = {}, {}
+    for name, command in procfile().items():
+        if not name.startswith("worker-"):
+            continue
+        logs[name] = logs_dir / f"{name}.log"
+        processes[name] = subprocess.Popen(
+            shlex.split(command),
+            cwd=ROOT,
+            env=env,
+            stdout=logs[name].open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    pools = WorkerPools(processes, logs, media_root)
+    try:
+        expected = {pools.hostname(name) for name in processes}
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        answered: set[str] = set()
+        while answered != expected:
+            for name, process in processes.items():
+                if process.poll() is not None:
+                    pytest.fail(f"{name} exited with {process.returncode}:\n{pools.log(name)}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"worker pools did not answer within {STARTUP_TIMEOUT}s: {expected - answered}")
+            replies = celery_app.control.ping(timeout=1.0) or []
+            answered = {host for reply in replies for host in reply} & expected
+        yield pools
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in processes.values():
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@pytest.fixture
+def live_celery(worker_pools, transactional_db, settings):
+    """Send tasks through the broker to the real pools instead of running them eagerly."""
+    settings.MEDIA_ROOT = worker_pools.media_root  # read the files the workers write
+    celery_app.conf.task_always_eager = False
+    try:
+        yield worker_pools
+    finally:
+        celery_app.conf.task_always_eager = True

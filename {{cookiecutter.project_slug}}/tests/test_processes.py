@@ -1,0 +1,115 @@
+"""The Procfile, both compose files and the topology describe the same processes.
+
+A queue without a consumer, a second beat, or a compose worker that runs a
+different command than the Procfile are all mistakes that only show up in
+production; these tests make them fail in CI.
+"""
+
+import re
+import shlex
+
+import pytest
+import yaml
+
+from config import topology
+from config.worker import build_command
+
+from .conftest import ROOT, procfile
+
+FIXED_PROCESSES = {"web", "worker-high", "worker-default", "worker-export", "beat", "flower"}
+FIXED_SERVICES = {"django", "postgres", "redis", "worker-high", "worker-default", "worker-export", "beat", "flower"}
+COMPOSE_FILES = ["docker-compose.yml", "docker-compose.production.yml"]
+
+
+def compose(name: str) -> dict:
+    return yaml.safe_load((ROOT / name).read_text())["services"]
+
+
+def command(service: dict) -> str:
+    value = service.get("command", "")
+    return shlex.join(value) if isinstance(value, list) else value
+
+
+def seconds(duration: str) -> float:
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    return sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", duration))
+
+
+def test_procfile_names_the_fixed_processes():
+    assert set(procfile()) == FIXED_PROCESSES
+
+
+def test_every_pool_has_a_procfile_line_that_starts_it():
+    lines = procfile()
+    for pool in topology.POOLS:
+        assert lines[pool.name] == f"python -m config.worker {pool.name}"
+
+
+def test_every_queue_is_consumed_by_a_pool():
+    consumed = {queue for pool in topology.POOLS for queue in pool.queues}
+    assert consumed == set(topology.QUEUES)
+
+
+@pytest.mark.parametrize("filename", COMPOSE_FILES)
+def test_compose_has_the_fixed_services(filename):
+    assert set(compose(filename)) >= FIXED_SERVICES
+
+
+@pytest.mark.parametrize("filename", COMPOSE_FILES)
+def test_compose_workers_beat_and_flower_run_the_procfile_commands(filename):
+    services, lines = compose(filename), procfile()
+    for name in FIXED_PROCESSES - {"web"}:
+        assert command(services[name]) == lines[name], f"{filename}: {name} differs from the Procfile"
+
+
+def test_local_compose_web_matches_procfile():
+    assert command(compose("docker-compose.yml")["django"]) == procfile()["web"]
+
+
+@pytest.mark.parametrize("filename", COMPOSE_FILES)
+def test_exactly_one_beat(filename):
+    beats = [name for name, service in compose(filename).items() if " beat" in command(service)]
+    assert beats == ["beat"]
+
+
+@pytest.mark.parametrize("filename", COMPOSE_FILES)
+def test_every_queue_has_a_compose_worker(filename):
+    consumed = set()
+    for service in compose(filename).values():
+        match = re.fullmatch(r"python -m config\.worker (\S+)", command(service))
+        if match:
+            consumed.update(topology.pool_named(match.group(1)).queues)
+    assert consumed == set(topology.QUEUES)
+
+
+@pytest.mark.parametrize("filename", COMPOSE_FILES)
+def test_stop_grace_period_covers_the_soft_shutdown(filename):
+    """Docker must not SIGKILL a worker while Celery's soft shutdown is still running."""
+    services = compose(filename)
+    for pool in topology.POOLS:
+        grace = seconds(services[pool.name].get("stop_grace_period", "10s"))
+        assert grace >= pool.soft_shutdown_timeout + 5, f"{filename}: {pool.name} grace {grace}s"
+
+
+@pytest.mark.parametrize("filename", COMPOSE_FILES)
+def test_migrations_run_once_before_anything_uses_the_database(filename):
+    services = compose(filename)
+    migrators = [name for name, service in services.items() if "migrate" in command(service)]
+    assert migrators == ["migrate"]
+    for name in FIXED_SERVICES - {"postgres", "redis"}:
+        condition = services[name]["depends_on"]["migrate"]["condition"]
+        assert condition == "service_completed_successfully", name
+
+
+def test_worker_command_is_built_from_the_topology():
+    for pool in topology.POOLS:
+        argv = build_command(pool.name, environ={})
+        assert f"--queues={','.join(pool.queues)}" in argv
+        assert f"--time-limit={pool.time_limit}" in argv
+        assert f"--hostname={pool.node}@%h" in argv
+        assert f"worker.soft_shutdown_timeout={pool.soft_shutdown_timeout}" in argv
+
+
+def test_worker_concurrency_can_be_overridden_per_pool():
+    argv = build_command("worker-high", environ={"WORKER_HIGH_CONCURRENCY": "2"})
+    assert "--concurrency=2" in argv

@@ -1,0 +1,123 @@
+"""System checks that keep the queue topology honest.
+
+Routing mistakes are production incidents: a task routed to a queue that no pool
+consumes waits forever, and a task routed to the wrong pool inherits the wrong
+time limit. ``manage.py check`` (run in CI, and by Django before ``migrate`` and
+``runserver``) catches them before they ship.
+"""
+
+from celery.app.routes import prepare
+from django.core import checks
+
+from config import topology
+
+TAG = "celery"
+
+
+def _route_of(routers, task_name: str) -> str | None:
+    """The queue the first matching router gives ``task_name``, or None if unrouted."""
+    for router in routers:
+        route = router(task_name, (), {}, {})
+        if route:
+            queue = route.get("queue")
+            return getattr(queue, "name", queue)
+    return None
+
+
+@checks.register(TAG)
+def check_task_routes(app_configs, **kwargs):
+    from config.celery_app import app
+
+    # Import every installed app's tasks module now, so the registry is complete.
+    # (Not app.loader.import_default_modules(): its Django fixup runs the system
+    # checks again, which would recurse into this one.)
+    app.autodiscover_tasks(force=True)
+    routers = prepare(app.conf.task_routes)
+    errors = []
+    for name in sorted(app.tasks):
+        queue = _route_of(routers, name)
+        if queue is None:
+            errors.append(
+                checks.Error(
+                    f"Task {name!r} has no explicit route.",
+                    hint="Add a glob for its module (or its exact name) to ROUTES in config/topology.py.",
+                    obj=name,
+                    id="topology.E001",
+                )
+            )
+        elif queue not in topology.QUEUES:
+            errors.append(
+                checks.Error(
+                    f"Task {name!r} is routed to unknown queue {queue!r}.",
+                    hint=f"Route it to one of {', '.join(topology.QUEUES)} or add it to config/topology.py.",
+                    obj=name,
+                    id="topology.E002",
+                )
+            )
+        else:
+            pool = topology.pool_for_queue(queue)
+            task_limit = getattr(app.tasks[name], "time_limit", None)
+            if pool and task_limit and task_limit > pool.time_limit:
+                errors.append(
+                    checks.Warning(
+                        f"Task {name!r} sets time_limit={task_limit}s but {pool.name} kills tasks after "
+                        f"{pool.time_limit}s.",
+                        hint="Route it to a pool with a longer limit, or lower the task's limit.",
+                        obj=name,
+                        id="topology.W001",
+                    )
+                )
+    return errors
+
+
+@checks.register(TAG)
+def check_pools(app_configs, **kwargs):
+    from django.conf import settings
+
+    errors = []
+    for queue in topology.QUEUES:
+        if topology.pool_for_queue(queue) is None:
+            errors.append(
+                checks.Error(
+                    f"Queue {queue!r} has no worker pool consuming it.",
+                    hint="Add it to a pool's queues in config/topology.py.",
+                    id="topology.E003",
+                )
+            )
+    for pool in topology.POOLS:
+        for queue in pool.queues:
+            if queue not in topology.QUEUES:
+                errors.append(
+                    checks.Error(
+                        f"Pool {pool.name!r} consumes undeclared queue {queue!r}.",
+                        hint="Declare the queue in QUEUES in config/topology.py.",
+                        id="topology.E004",
+                    )
+                )
+        if pool.soft_time_limit >= pool.time_limit:
+            errors.append(
+                checks.Error(
+                    f"Pool {pool.name!r}: soft_time_limit must be below time_limit.",
+                    hint="Leave the task time to clean up between the soft and the hard limit.",
+                    id="topology.E005",
+                )
+            )
+    if settings.CELERY_TASK_DEFAULT_QUEUE not in topology.QUEUES:
+        errors.append(
+            checks.Error(
+                f"CELERY_TASK_DEFAULT_QUEUE {settings.CELERY_TASK_DEFAULT_QUEUE!r} is not a declared queue.",
+                id="topology.E006",
+            )
+        )
+    visibility = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout", 3600)
+    uses_redis = settings.CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
+    if uses_redis and visibility <= topology.longest_time_limit():
+        errors.append(
+            checks.Error(
+                f"Redis visibility_timeout ({visibility}s) does not exceed the longest hard time limit "
+                f"({topology.longest_time_limit()}s): long tasks would be delivered twice.",
+                hint="Keep CELERY_BROKER_TRANSPORT_OPTIONS['visibility_timeout'] above every pool's time_limit.",
+                id="topology.E007",
+            )
+        )
+    return errors

@@ -1,0 +1,82 @@
+import random
+from datetime import timedelta
+from decimal import Decimal
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+from django.db import connection, transaction
+from django.utils import timezone
+
+from {{ cookiecutter.project_slug }}.exports.models import Transaction
+from {{ cookiecutter.project_slug }}.payments.models import Order
+
+MERCHANTS = ["Coffee Corner", "City Rail", "Grocer & Sons", "Bookshop", "Cloud Hosting", "Pharmacy", "Cinema"]
+CURRENCIES = ["EUR", "USD", "GBP"]
+
+
+class Command(BaseCommand):
+    help = "Create (or top up) the user 'demo' with N transactions and M unpaid orders."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--transactions", type=int, default=10_000, metavar="N")
+        parser.add_argument("--orders", type=int, default=10, metavar="M")
+        parser.add_argument("--seed", type=int, default=42, help="random seed, for repeatable data")
+
+    def handle(self, *args, transactions, orders, seed, **options):
+        rng = random.Random(seed)  # noqa: S311 (demo data, not secrets)
+        user, created = get_user_model().objects.get_or_create(username="demo", defaults={"email": "demo@example.com"})
+        if created:
+            user.set_password("demo")
+            user.save(update_fields=["password"])
+
+        missing = max(transactions - Transaction.objects.filter(user=user).count(), 0)
+        rows = self._transaction_rows(user.pk, missing, rng)
+        with transaction.atomic():
+            if connection.vendor == "postgresql":
+                self._copy_rows(rows)
+            else:
+                self._bulk_create(rows)
+        unpaid = Order.objects.filter(user=user).exclude(status=Order.Status.PAID).count()
+        Order.objects.bulk_create(
+            Order(user=user, amount_cents=rng.randint(500, 50_000)) for _ in range(max(orders - unpaid, 0))
+        )
+        self.stdout.write(
+            f"demo owns {Transaction.objects.filter(user=user).count()} transactions "
+            f"and {Order.objects.filter(user=user).exclude(status=Order.Status.PAID).count()} unpaid orders"
+        )
+
+    @staticmethod
+    def _transaction_rows(user_id, count, rng):
+        start = timezone.now() - timedelta(days=365)
+        for i in range(count):
+            yield (
+                user_id,
+                start + timedelta(seconds=i * 7 + rng.randint(0, 6)),
+                Decimal(rng.randint(-50_000, 50_000)) / 100,
+                rng.choice(CURRENCIES),
+                f"{rng.choice(MERCHANTS)} #{rng.randint(1000, 9999)}",
+            )
+
+    @staticmethod
+    def _copy_rows(rows):
+        # COPY streams rows into Postgres in one statement: about a million rows in
+        # seconds, where saving model instances one by one would take many minutes.
+        columns = "user_id, created_at, amount, currency, description"
+        sql = f"COPY {Transaction._meta.db_table} ({columns}) FROM STDIN"
+        with connection.cursor() as cursor, cursor.cursor.copy(sql) as copy:
+            for row in rows:
+                copy.write_row(row)
+
+    @staticmethod
+    def _bulk_create(rows, batch_size=5000):
+        batch = []
+        for user_id, created_at, amount, currency, description in rows:
+            batch.append(
+                Transaction(
+                    user_id=user_id, created_at=created_at, amount=amount, currency=currency, description=description
+                )
+            )
+            if len(batch) == batch_size:
+                Transaction.objects.bulk_create(batch)
+                batch.clear()
+        Transaction.objects.bulk_create(batch)

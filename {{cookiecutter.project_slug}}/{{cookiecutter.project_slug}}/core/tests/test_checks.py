@@ -1,0 +1,73 @@
+"""The topology checks run by ``manage.py check`` catch routing mistakes."""
+
+import pytest
+from django.core.management import call_command
+
+from config import topology
+from config.celery_app import app
+
+from ..checks import check_pools, check_task_routes
+
+
+def ids(messages):
+    return {message.id for message in messages}
+
+
+def test_the_project_passes_its_own_checks():
+    assert check_task_routes(None) == []
+    assert check_pools(None) == []
+    call_command("check", "--fail-level", "WARNING")
+
+
+def test_fixed_tasks_route_to_their_queues():
+    router = app.amqp.router
+    expected = {
+        "{{ cookiecutter.project_slug }}.users.tasks.send_password_reset_email": "high",
+        "{{ cookiecutter.project_slug }}.payments.tasks.process_payment": "high",
+        "{{ cookiecutter.project_slug }}.exports.tasks.generate_csv_export": "export",
+    }
+    for name, queue in expected.items():
+        assert name in app.tasks
+        assert router.route({}, name)["queue"].name == queue
+
+
+@pytest.fixture
+def stray_task():
+    """A task in a module that no route covers."""
+
+    @app.task(name="elsewhere.tasks.stray")
+    def stray():
+        pass
+
+    yield stray
+    app.tasks.pop(stray.name)
+
+
+def test_unrouted_task_fails_the_check(stray_task):
+    assert ids(check_task_routes(None)) == {"topology.E001"}
+
+
+def test_route_to_unknown_queue_fails_the_check(stray_task, monkeypatch):
+    monkeypatch.setitem(app.conf, "task_routes", {**topology.ROUTES, "elsewhere.*": "urgent"})
+    assert ids(check_task_routes(None)) == {"topology.E002"}
+
+
+def test_queue_without_a_pool_fails_the_check(monkeypatch):
+    monkeypatch.setattr(topology, "QUEUES", (*topology.QUEUES, "reports"))
+    assert ids(check_pools(None)) == {"topology.E003"}
+
+
+def test_visibility_timeout_below_longest_time_limit_fails_the_check(settings):
+    settings.CELERY_BROKER_URL = "redis://localhost:6379/0"
+    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": topology.longest_time_limit()}
+    assert ids(check_pools(None)) == {"topology.E007"}
+
+
+def test_task_time_limit_longer_than_its_pool_warns(monkeypatch):
+    task = app.tasks["{{ cookiecutter.project_slug }}.users.tasks.send_password_reset_email"]
+    monkeypatch.setattr(task, "time_limit", 600)
+    assert ids(check_task_routes(None)) == {"topology.W001"}
+
+
+def test_visibility_timeout_exceeds_every_hard_limit():
+    assert all(pool.time_limit < topology.VISIBILITY_TIMEOUT for pool in topology.POOLS)

@@ -1,0 +1,15 @@
+from django.contrib import admin
+
+from .models import Order, SandboxCharge
+
+
+@admin.register(Order)
+class OrderAdmin(admin.ModelAdmin):
+    list_display = ("id", "user", "amount_cents", "currency", "status", "created_at")
+    list_filter = ("status",)
+    readonly_fields = ("idempotency_key", "charge_id")
+
+
+@admin.register(SandboxCharge)
+class SandboxChargeAdmin(admin.ModelAdmin):
+    list_display = ("charge_id", "amount_cents", "currency", "created_at")

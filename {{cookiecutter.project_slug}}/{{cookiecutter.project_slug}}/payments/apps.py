@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class PaymentsConfig(AppConfig):
+    name = "{{ cookiecutter.project_slug }}.payments"
+    label = "payments"

@@ -1,0 +1,40 @@
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class Order(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        PROCESSING = "processing", "Processing"
+        PAID = "paid", "Paid"
+        FAILED = "failed", "Failed"
+        REFUNDED = "refunded", "Refunded"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="orders")
+    amount_cents = models.PositiveIntegerField()
+    currency = models.CharField(max_length=3, default="EUR")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
+    # Created with the order and sent with every charge attempt: the provider
+    # returns the earlier charge for a repeated key instead of charging again.
+    idempotency_key = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    charge_id = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self):
+        return f"Order {self.pk} ({self.status})"
+
+
+class SandboxCharge(models.Model):
+    """The development payment provider's own ledger: one row per accepted charge."""
+
+    idempotency_key = models.CharField(max_length=64, unique=True)
+    charge_id = models.CharField(max_length=64, unique=True)
+    amount_cents = models.PositiveIntegerField()
+    currency = models.CharField(max_length=3)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self):
+        return self.charge_id
