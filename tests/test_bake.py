@@ -1,0 +1,75 @@
+"""Every combination of options bakes a clean, checkable project."""
+
+import re
+
+import pytest
+
+from .conftest import assert_ok, run
+
+LEFTOVERS = re.compile(r"cookiecutter\.|\{%-? *(raw|endraw|if|endif|else)\b|!!![A-Z_]+!!!")
+
+
+def test_bakes_without_template_syntax_left(baked):
+    offenders = []
+    for path in baked.path.rglob("*"):
+        assert "{{" not in path.name and "}}" not in path.name, path
+        if path.is_file():
+            text = path.read_text(errors="replace")
+            offenders += [f"{path.relative_to(baked.path)}: {m.group(0)}" for m in LEFTOVERS.finditer(text)]
+    assert offenders == []
+
+
+def test_ruff_lint_and_format_clean(baked):
+    assert_ok(run(["ruff", "check", "."], baked.path))
+    assert_ok(run(["ruff", "format", "--check", "."], baked.path))
+
+
+def test_manage_py_check_passes_at_warning_level(baked):
+    assert_ok(run(["python", "manage.py", "check", "--fail-level", "WARNING"], baked.path))
+
+
+def test_deploy_check_passes_with_production_settings(baked):
+    env = {
+        "DJANGO_SETTINGS_MODULE": "config.settings.production",
+        "DJANGO_SECRET_KEY": "x7$Kq!vZ2p@Lm9#Rt4^Wb6&Yc8*Nd1(Fe3)Gh5_Jk0+Ps-Qu=Vw?Xy<Za>Bc:Df;",
+        "DJANGO_SECURE_HSTS_SECONDS": "31536000",
+        "DJANGO_AWS_STORAGE_BUCKET_NAME": "dummy-bucket",
+        "DATABASE_URL": "postgres://user:password@db.invalid:5432/app",
+        "REDIS_URL": "redis://redis.invalid:6379/0",
+    }
+    assert_ok(run(["python", "manage.py", "check", "--deploy", "--fail-level", "WARNING"], baked.path, env=env))
+
+
+def test_migrations_are_complete(baked):
+    assert_ok(run(["python", "manage.py", "makemigrations", "--check", "--dry-run"], baked.path))
+
+
+def test_options_shape_the_files(baked):
+    context, path = baked.context, baked.path
+    assert f"ARG PYTHON_VERSION={context['python_version']}" in (path / "Dockerfile").read_text()
+    assert f'target-version = "py{context["python_version"].replace(".", "")}"' in (path / "pyproject.toml").read_text()
+
+    workflow = path / ".github" / "workflows" / "ci.yml"
+    assert workflow.exists() == (context["ci"] == "github")
+    if workflow.exists():
+        assert_ok(run(["check-jsonschema", "--builtin-schema", "vendor.github-workflows", str(workflow)], path))
+
+    uses_s3 = context["storage"] == "s3"
+    assert ("S3Storage" in (path / "config/settings/production.py").read_text()) == uses_s3
+    assert ("django-storages" in (path / "requirements/production.txt").read_text()) == uses_s3
+
+
+@pytest.mark.parametrize("pool", ["worker-high", "worker-default", "worker-export"])
+def test_worker_command_prints_from_the_topology(baked, pool):
+    result = run(["python", "-m", "config.worker", pool, "--print"], baked.path)
+    assert_ok(result)
+    assert "celery --app=config.celery_app worker" in result.stdout
+    assert "--queues=" in result.stdout
+
+
+def test_secrets_are_generated_per_bake(cookies):
+    first, second = cookies.bake(), cookies.bake()
+    pattern = re.compile(r"^DJANGO_SECRET_KEY=(.+)$", re.MULTILINE)
+    keys = [pattern.search((r.project_path / ".envs/.production/.django").read_text()).group(1) for r in (first, second)]
+    assert len(keys[0]) >= 50
+    assert keys[0] != keys[1]

@@ -1,0 +1,34 @@
+"""The baked project's own test suite passes against real Postgres and Redis.
+
+It includes integration tests that start the three worker pools from the
+Procfile and check that each example task runs on the pool of its queue. CI=1
+is passed down so that the baked suite fails, never skips, when a service is
+missing.
+"""
+
+import pytest
+
+from .conftest import assert_ok, run
+
+SUITE_MATRIX = [
+    {},
+    {"project_name": "Widget Works", "python_version": "3.11", "ci": "none", "storage": "s3"},
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("context", SUITE_MATRIX, ids=["default", "widget_works-s3"])
+def test_baked_project_suite_passes(cookies, services, context):
+    result = cookies.bake(extra_context=context)
+    assert result.exit_code == 0, result.exception
+    slug = result.context["project_slug"]
+    host, port = services["postgres"]
+    redis_host, redis_port = services["redis"]
+    env = {
+        "CI": "1",
+        "DATABASE_URL": f"postgres://postgres@{host}:{port}/{slug}",
+        "REDIS_URL": f"redis://{redis_host}:{redis_port}/0",
+    }
+    suite = run(["python", "-m", "pytest", "--create-db", "-p", "no:cacheprovider", "-q"], result.project_path, env=env)
+    assert_ok(suite)
+    assert " passed" in suite.stdout and "skipped" not in suite.stdout, suite.stdout
