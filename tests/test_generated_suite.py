@@ -6,6 +6,8 @@ is passed down so that the baked suite fails, never skips, when a service is
 missing.
 """
 
+import os
+
 import pytest
 
 from .conftest import assert_ok, run
@@ -24,9 +26,11 @@ def test_baked_project_suite_passes(cookies, services, context):
     slug = result.context["project_slug"]
     host, port = services["postgres"]
     redis_host, redis_port = services["redis"]
+    user = os.environ.get("PGUSER", "postgres")
+    password = f":{os.environ['PGPASSWORD']}" if os.environ.get("PGPASSWORD") else ""
     env = {
         "CI": "1",
-        "DATABASE_URL": f"postgres://postgres@{host}:{port}/{slug}",
+        "DATABASE_URL": f"postgres://{user}{password}@{host}:{port}/{slug}",
         "REDIS_URL": f"redis://{redis_host}:{redis_port}/0",
     }
     suite = run(["python", "-m", "pytest", "--create-db", "-p", "no:cacheprovider", "-q"], result.project_path, env=env)

@@ -9,7 +9,6 @@ fail in CI (``CI`` set), where a skip would hide missing infrastructure.
 """
 
 import os
-import shlex
 import signal
 import socket
 import subprocess
@@ -54,11 +53,37 @@ def _reachable(url: str, default_port: int) -> bool:
         return False
 
 
+def start_process(name: str, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """Run the Procfile line ``name`` the way honcho does: through a shell, from the project root."""
+    return subprocess.Popen(
+        ["/bin/sh", "-c", f"exec {procfile()[name]}"],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: stopped as a whole
+    )
+
+
+def stop_processes(processes, timeout: float = 30) -> None:
+    """SIGTERM (what Docker and honcho send), then SIGKILL whatever is left."""
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
 @dataclass
 class WorkerPools:
     processes: dict[str, subprocess.Popen]
     logs: dict[str, Path]
     media_root: Path
+    env: dict[str, str]
 
     def hostname(self, pool_name: str) -> str:
         return f"{topology.pool_named(pool_name).node}@{socket.gethostname()}"
@@ -101,19 +126,11 @@ def worker_pools(django_db_setup, django_db_blocker, tmp_path_factory):
 
     celery_app.control.purge()
     processes, logs = {}, {}
-    for name, command in procfile().items():
-        if not name.startswith("worker-"):
-            continue
-        logs[name] = logs_dir / f"{name}.log"
-        processes[name] = subprocess.Popen(
-            shlex.split(command),
-            cwd=ROOT,
-            env=env,
-            stdout=logs[name].open("wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    pools = WorkerPools(processes, logs, media_root)
+    for name in procfile():
+        if name.startswith("worker-"):
+            logs[name] = logs_dir / f"{name}.log"
+            processes[name] = start_process(name, env, logs[name])
+    pools = WorkerPools(processes, logs, media_root, env)
     try:
         expected = {pools.hostname(name) for name in processes}
         deadline = time.monotonic() + STARTUP_TIMEOUT
@@ -128,15 +145,7 @@ def worker_pools(django_db_setup, django_db_blocker, tmp_path_factory):
             answered = {host for reply in replies for host in reply} & expected
         yield pools
     finally:
-        for process in processes.values():
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in processes.values():
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_processes(processes.values())
 
 
 @pytest.fixture

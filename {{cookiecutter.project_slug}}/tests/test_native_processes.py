@@ -1,0 +1,99 @@
+"""web, beat and flower start natively from their Procfile lines (as ``make dev`` runs them)."""
+
+import base64
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from .conftest import start_process, stop_processes
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url)  # noqa: S310 (a localhost URL built by the test)
+    if auth:
+        request.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, ""
+
+
+def wait_for(check, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = check()
+            if value:
+                return value
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {check.__doc__}")
+        time.sleep(0.5)
+
+
+@pytest.fixture
+def native(worker_pools, tmp_path):
+    """Start web, beat and flower next to the worker pools; stop them afterwards."""
+    web_port, flower_port = free_port(), free_port()
+    env = worker_pools.env | {
+        "PORT": str(web_port),
+        "FLOWER_PORT": str(flower_port),
+        "FLOWER_ADDRESS": "127.0.0.1",
+        "FLOWER_BASIC_AUTH": "operator:s3cret",
+    }
+    logs = {name: tmp_path / f"{name}.log" for name in ("web", "beat", "flower")}
+    processes = {name: start_process(name, env, log) for name, log in logs.items()}
+    yield {"web": f"http://127.0.0.1:{web_port}", "flower": f"http://127.0.0.1:{flower_port}", "logs": logs,
+           "processes": processes}  # fmt: skip
+    stop_processes(processes.values())
+
+
+def test_web_serves_the_home_page(native):
+    def home():
+        """the home page"""
+        return get(native["web"] + "/")
+
+    status, body = wait_for(home)
+    assert status == 200
+    assert "worker-export" in body
+
+
+def test_flower_requires_auth_and_sees_every_pool(native, worker_pools):
+    def unauthenticated():
+        """flower to answer"""
+        return get(native["flower"] + "/api/workers")[0]
+
+    assert wait_for(unauthenticated) == 401
+
+    def workers():
+        """flower to list all three pools"""
+        status, body = get(native["flower"] + "/api/workers?refresh=1", auth=("operator", "s3cret"))
+        names = set(json.loads(body)) if status == 200 else set()
+        return names if names >= expected else None
+
+    expected = {worker_pools.hostname(name) for name in worker_pools.processes}
+    assert wait_for(workers) >= expected
+
+
+def test_beat_starts_with_the_database_scheduler(native):
+    def started():
+        """beat to start"""
+        return "DatabaseScheduler" in native["logs"]["beat"].read_text(errors="replace")
+
+    wait_for(started)
+    time.sleep(2)
+    assert native["processes"]["beat"].poll() is None, native["logs"]["beat"].read_text()
