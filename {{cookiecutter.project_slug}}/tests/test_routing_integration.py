@@ -57,16 +57,26 @@ def test_csv_export_runs_on_worker_export(live_celery, user):
         assert len(handle.read().splitlines()) == 121  # header + rows
 
 
-def test_tasks_sent_to_a_queue_are_not_taken_by_another_pool(live_celery):
-    """worker-default must not consume "high": the ping is answered per node and queue."""
-    queues = live_celery_queues()
-    assert queues[live_celery.hostname("worker-high")] == {"high"}
-    assert queues[live_celery.hostname("worker-default")] == {"default", "low"}
-    assert queues[live_celery.hostname("worker-export")] == {"export"}
-
-
-def live_celery_queues() -> dict[str, set[str]]:
+def test_each_pool_consumes_exactly_its_queues(live_celery):
+    """worker-default must not take "high" work, nor worker-high "export" work."""
     from config.celery_app import app
 
     active = app.control.inspect(timeout=2.0).active_queues() or {}
-    return {host: {queue["name"] for queue in queues} for host, queues in active.items()}
+    consumed = {host: {queue["name"] for queue in queues} for host, queues in active.items()}
+    assert consumed[live_celery.hostname("worker-high")] == {"high"}
+    assert consumed[live_celery.hostname("worker-default")] == {"default", "low"}
+    assert consumed[live_celery.hostname("worker-export")] == {"export"}
+
+
+def test_each_pool_runs_with_its_declared_profile(live_celery):
+    """The settings passed on each worker's command line are live in that worker."""
+    from config import topology
+    from config.celery_app import app
+
+    configs = app.control.inspect(timeout=2.0).conf(with_defaults=True) or {}
+    stats = app.control.inspect(timeout=2.0).stats() or {}
+    for pool in topology.POOLS:
+        host = live_celery.hostname(pool.name)
+        assert configs[host]["worker_soft_shutdown_timeout"] == pool.soft_shutdown_timeout
+        assert configs[host]["worker_prefetch_multiplier"] == pool.prefetch_multiplier
+        assert stats[host]["pool"]["timeouts"] == [pool.soft_time_limit, pool.time_limit]
