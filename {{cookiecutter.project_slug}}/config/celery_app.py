@@ -11,7 +11,9 @@ from celery import Celery
 # Workers, beat and flower import this module before Django is set up.
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
 
-app = Celery("{{ cookiecutter.project_slug }}")
+# Every task gets retry defaults, structured logs and the dead-letter record
+# from one base class.
+app = Celery("{{ cookiecutter.project_slug }}", task_cls="{{ cookiecutter.project_slug }}.core.task_base:BaseTask")
 
 # ``CELERY_TASK_ROUTES`` in settings becomes ``task_routes`` here, and so on.
 app.config_from_object("django.conf:settings", namespace="CELERY")

@@ -4,5 +4,6 @@ from django.urls import include, path
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("{{ cookiecutter.project_slug }}.users.urls")),
+    path("payments/", include("{{ cookiecutter.project_slug }}.payments.urls")),
     path("", include("{{ cookiecutter.project_slug }}.core.urls")),
 ]

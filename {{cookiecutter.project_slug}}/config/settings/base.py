@@ -120,6 +120,15 @@ DEFAULT_FROM_EMAIL = env("DJANGO_DEFAULT_FROM_EMAIL", default="{{ cookiecutter.p
 EMAIL_TIMEOUT = 10
 
 # ------------------------------------------------------------------------------
+# PAYMENTS
+# ------------------------------------------------------------------------------
+# With a Stripe secret key, payments go to Stripe; without one, to the sandbox
+# provider (payments/providers.py), which behaves like a real one.
+STRIPE_SECRET_KEY = env("STRIPE_SECRET_KEY", default="")
+# Seconds we wait for the provider: well inside worker-high's 25 s soft limit.
+PAYMENT_PROVIDER_TIMEOUT = 10
+
+# ------------------------------------------------------------------------------
 # LOGGING
 # ------------------------------------------------------------------------------
 LOGGING = {
@@ -234,6 +243,10 @@ CELERY_TASK_SEND_SENT_EVENT = True
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-hijack-root-logger
 # Keep Django's LOGGING configuration in workers.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Retry defaults of every task (core/task_base.py). Backoff in seconds: 2, 4, 8 ...
+# capped at 120 and randomised. The cap must stay below the visibility timeout.
+# default_retry_delay also spaces the retry of a task whose process was killed.
+TASK_RETRY_POLICY = {"max_retries": 5, "retry_backoff": 2, "retry_backoff_max": 120, "default_retry_delay": 10}
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#beat-scheduler
 # Schedules are declared in code and editable in the admin (django-celery-beat).
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"

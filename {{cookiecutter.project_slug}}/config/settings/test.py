@@ -18,6 +18,9 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 
+# Same mechanism, shorter waits: retries in tests back off 1-2 s, not minutes.
+TASK_RETRY_POLICY = {"max_retries": 3, "retry_backoff": 1, "retry_backoff_max": 2, "default_retry_delay": 1}
+
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-always-eager
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=True)
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-eager-propagates

@@ -5,9 +5,9 @@ from .models import Order, SandboxCharge
 
 @admin.register(Order)
 class OrderAdmin(admin.ModelAdmin):
-    list_display = ("id", "user", "amount_cents", "currency", "status", "created_at")
+    list_display = ("id", "user", "amount_cents", "currency", "status", "payment_attempts", "created_at")
     list_filter = ("status",)
-    readonly_fields = ("idempotency_key", "charge_id")
+    readonly_fields = ("idempotency_key", "charge_id", "payment_attempts", "paid_at")
 
 
 @admin.register(SandboxCharge)

@@ -1,5 +1,6 @@
 from django.contrib.auth.forms import PasswordResetForm
 
+from .models import PasswordResetRequest
 from .tasks import send_password_reset_email
 
 
@@ -11,7 +12,9 @@ class QueuedPasswordResetForm(PasswordResetForm):
     """
 
     def send_mail(self, subject_template_name, email_template_name, context, from_email, to_email, **kwargs):
-        # Pass the id, not the user: arguments must be JSON, and the task re-reads
-        # fresh state. ``delay_on_commit`` sends only once the surrounding
+        user = context["user"]
+        reset = PasswordResetRequest.objects.create(user=user)
+        # Pass ids, not objects: arguments must be JSON, and the task re-reads
+        # fresh state. delay_on_commit sends only once the surrounding
         # transaction (if any) has committed, so the worker never misses a row.
-        send_password_reset_email.delay_on_commit(context["user"].pk)
+        send_password_reset_email.delay_on_commit(user.pk, reset.pk)

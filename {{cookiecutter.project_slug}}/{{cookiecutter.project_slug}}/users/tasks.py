@@ -1,32 +1,43 @@
 import logging
+from datetime import timedelta
+from smtplib import SMTPException
 
 from celery import shared_task
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.tokens import default_token_generator
 from django.core.mail import send_mail
+from django.db.models import Q
 from django.template.loader import render_to_string
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.encoding import force_bytes
 from django.utils.http import urlsafe_base64_encode
 
+from .models import PasswordResetRequest
+
 logger = logging.getLogger(__name__)
 
+# How long a claim stays valid. Longer than the high pool's 30 s hard limit: once
+# it expires, whoever claimed the email is certainly dead and another try may send.
+CLAIM_LEASE = timedelta(seconds=60)
 
-@shared_task(
-    # Routed to "high" by config/topology.py; its pool kills it after 30 s.
-    autoretry_for=(OSError,),  # SMTP connection problems are worth retrying
-    retry_backoff=True,
-    retry_backoff_max=60,
-    retry_jitter=True,
-    max_retries=3,
-)
-def send_password_reset_email(user_id: int) -> str:
+
+@shared_task(autoretry_for=(OSError, SMTPException))
+def send_password_reset_email(user_id: int, request_id: int | None = None) -> str:
     """Email a password-reset link to user ``user_id``.
 
-    Takes an id and re-reads the user: the row may have changed or gone since the
-    request. A missing or inactive user is logged and the task ends (retrying
-    would not make the user exist).
+    Routed to "high", whose pool kills it after 30 s. Takes ids and re-reads
+    the user: the row may have changed or gone since the request. A missing or
+    inactive user is logged and the task ends (retrying would not make the user
+    exist). SMTP failures are retried with backoff.
+
+    With ``request_id`` the email is sent once per request even if the message is
+    delivered twice: the task first claims the request row with one UPDATE, and
+    only the claimant sends. If sending fails the claim is released for the retry;
+    if the worker dies mid-send the claim expires after CLAIM_LEASE. (A crash
+    after SMTP accepted the email and before ``sent_at`` is written can still
+    send a second email after the lease: SMTP offers no idempotency key.)
     """
     User = get_user_model()
     try:
@@ -35,6 +46,27 @@ def send_password_reset_email(user_id: int) -> str:
         logger.warning("password reset: no active user %s, nothing sent", user_id)
         return "skipped"
 
+    requests = PasswordResetRequest.objects.filter(pk=request_id, user_id=user_id, sent_at__isnull=True)
+    if request_id is not None:
+        now = timezone.now()
+        claimable = Q(claimed_at__isnull=True) | Q(claimed_at__lt=now - CLAIM_LEASE)
+        if not requests.filter(claimable).update(claimed_at=now):
+            logger.info("password reset %s: already sent or being sent", request_id)
+            return "already-sent"
+
+    try:
+        _send(user)
+    except Exception:
+        if request_id is not None:
+            requests.update(claimed_at=None)  # let the retry claim it
+        raise
+    if request_id is not None:
+        requests.update(sent_at=timezone.now())
+    logger.info("password reset email sent to user %s", user.pk)
+    return "sent"
+
+
+def _send(user) -> None:
     path = reverse(
         "password_reset_confirm",
         kwargs={
@@ -49,5 +81,3 @@ def send_password_reset_email(user_id: int) -> str:
         from_email=None,
         recipient_list=[user.email],
     )
-    logger.info("password reset email sent to user %s", user.pk)
-    return "sent"

@@ -1,0 +1,9 @@
+from django.urls import path
+
+from . import views
+
+app_name = "payments"
+urlpatterns = [
+    path("checkout/", views.checkout, name="checkout"),
+    path("orders/<int:pk>/", views.order_detail, name="order"),
+]

@@ -1,0 +1,33 @@
+from django import forms
+from django.contrib.auth.decorators import login_required
+from django.db import transaction
+from django.shortcuts import get_object_or_404, redirect, render
+
+from .models import Order
+from .tasks import process_payment
+
+
+class CheckoutForm(forms.Form):
+    amount_cents = forms.IntegerField(min_value=50, max_value=1_000_000, initial=2500)
+    currency = forms.ChoiceField(choices=[("EUR", "EUR"), ("USD", "USD"), ("GBP", "GBP")])
+
+
+@login_required
+def checkout(request):
+    form = CheckoutForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        with transaction.atomic():
+            order = Order.objects.create(user=request.user, **form.cleaned_data)
+            # NOT process_payment.delay(order.pk): a fast worker could read the
+            # database before this transaction commits and find no order.
+            # delay_on_commit sends the message only after COMMIT (and never if
+            # the transaction rolls back).
+            process_payment.delay_on_commit(order.pk)
+        return redirect("payments:order", pk=order.pk)
+    return render(request, "payments/checkout.html", {"form": form})
+
+
+@login_required
+def order_detail(request, pk):
+    order = get_object_or_404(Order, pk=pk, user=request.user)
+    return render(request, "payments/order.html", {"order": order})
