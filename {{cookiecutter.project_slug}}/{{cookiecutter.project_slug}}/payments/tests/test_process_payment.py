@@ -1,37 +1,129 @@
-from django.contrib.auth import get_user_model
+"""The payment task's logic, run eagerly. tests/test_payments_integration.py runs it on real workers."""
 
-from ..models import Order, SandboxCharge
+import pytest
+from django.contrib.auth import get_user_model
+from django.urls import reverse
+
+from {{ cookiecutter.project_slug }}.core.models import FailedTask
+
+from ..models import InvalidTransition, Order, SandboxCharge
+from ..providers import ProviderTimeout, SandboxProvider
 from ..tasks import process_payment
 
 
-def make_order():
-    user = get_user_model().objects.create_user("ada", "ada@example.com", "pw")
+@pytest.fixture
+def user(db):
+    return get_user_model().objects.create_user("ada", "ada@example.com", "pw")
+
+
+@pytest.fixture
+def order(user):
     return Order.objects.create(user=user, amount_cents=4200)
 
 
-def test_pays_the_order_once(db):
-    order = make_order()
+@pytest.fixture
+def sandbox():
+    provider = SandboxProvider()
+    yield provider
+    for key in provider.redis.scan_iter("payments:sandbox:plan:*"):
+        provider.redis.delete(key)
 
+
+def test_pays_the_order_once(order):
     assert process_payment(order.pk) == "paid"
     assert process_payment(order.pk) == "already-paid"
 
     order.refresh_from_db()
     assert order.status == Order.Status.PAID
+    assert order.paid_at is not None
     charge = SandboxCharge.objects.get()
-    assert order.charge_id == charge.charge_id
-    assert charge.amount_cents == 4200
+    assert (order.charge_id, charge.amount_cents) == (charge.charge_id, 4200)
 
 
-def test_provider_returns_the_earlier_charge_for_a_repeated_key(db):
-    order = make_order()
+def test_a_lost_commit_does_not_charge_twice(order):
+    """The article's failure: charged, then the worker died before saving PAID."""
     process_payment(order.pk)
-    Order.objects.filter(pk=order.pk).update(status=Order.Status.PENDING)  # as if our commit had been lost
+    Order.objects.filter(pk=order.pk).update(status=Order.Status.PROCESSING, charge_id="")
 
-    process_payment(order.pk)
+    assert process_payment(order.pk) == "paid"
 
     assert SandboxCharge.objects.count() == 1
 
 
-def test_missing_order_finishes_without_charging(db):
+def test_timeouts_are_retried_with_the_same_key(order, sandbox, eager_retries):
+    sandbox.plan(order.idempotency_key, "timeout", "timeout_after_charge", "ok")
+
+    assert process_payment.apply((order.pk,), throw=False).get() == "paid"
+
+    order.refresh_from_db()
+    assert order.payment_attempts == 3
+    assert SandboxCharge.objects.count() == 1
+
+
+def test_decline_fails_the_order_without_retry_or_dead_letter(order, sandbox):
+    sandbox.plan(order.idempotency_key, "decline")
+
+    assert process_payment(order.pk) == "declined"
+
+    order.refresh_from_db()
+    assert order.status == Order.Status.FAILED
+    assert "declined" in order.failure_reason
+    assert order.payment_attempts == 1
+    assert not SandboxCharge.objects.exists()
+    assert not FailedTask.objects.exists()
+
+
+def test_exhausted_retries_leave_a_dead_letter(order, sandbox, settings, eager_retries):
+    attempts = settings.TASK_RETRY_POLICY["max_retries"] + 1
+    sandbox.plan(order.idempotency_key, *["unavailable"] * attempts)
+
+    result = process_payment.apply((order.pk,), throw=False)
+
+    assert result.failed()
+    assert "503" in str(result.result)
+    failed = FailedTask.objects.get()
+    assert failed.task_name == process_payment.name
+    assert failed.args == [order.pk]
+    assert failed.exception_type.endswith("ProviderUnavailable")
+    order.refresh_from_db()
+    assert order.status == Order.Status.PROCESSING  # unknown outcome: for an operator to settle
+    assert order.payment_attempts == attempts
+
+
+def test_missing_order_finishes_without_charging_or_retrying(db, caplog):
     assert process_payment(424242) == "missing"
-    assert SandboxCharge.objects.count() == 0
+    assert not SandboxCharge.objects.exists()
+    assert not FailedTask.objects.exists()
+    assert "order 424242 does not exist" in caplog.text
+
+
+def test_status_machine_refuses_impossible_moves(order):
+    order.move_to(Order.Status.PROCESSING)
+    order.move_to(Order.Status.PAID)
+    with pytest.raises(InvalidTransition):
+        order.move_to(Order.Status.PENDING)
+
+
+def test_checkout_sends_the_payment_only_after_commit(user, client, django_capture_on_commit_callbacks):
+    client.force_login(user)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = client.post(reverse("payments:checkout"), {"amount_cents": 2500, "currency": "EUR"})
+    order = Order.objects.get()
+    assert response.url == reverse("payments:order", args=[order.pk])
+    assert order.status == Order.Status.PENDING  # nothing ran inside the transaction
+    assert len(callbacks) == 1
+
+    callbacks[0]()  # COMMIT happened: the message is sent (and runs eagerly here)
+
+    order.refresh_from_db()
+    assert order.status == Order.Status.PAID
+
+
+def test_checkout_needs_a_login(client, db):
+    response = client.post(reverse("payments:checkout"), {"amount_cents": 2500, "currency": "EUR"})
+    assert response.status_code == 302
+    assert not Order.objects.exists()
+
+
+def test_provider_timeout_is_retryable():
+    assert ProviderTimeout in process_payment.autoretry_for

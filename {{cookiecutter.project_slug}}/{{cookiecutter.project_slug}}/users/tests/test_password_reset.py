@@ -1,13 +1,18 @@
+import pytest
 from django.contrib.auth import get_user_model
 from django.core import mail
 from django.urls import reverse
 
+from ..models import PasswordResetRequest
 from ..tasks import send_password_reset_email
 
 
-def test_task_emails_a_working_reset_link(db, client):
-    user = get_user_model().objects.create_user("ada", "ada@example.com", "old-password")
+@pytest.fixture
+def user(db):
+    return get_user_model().objects.create_user("ada", "ada@example.com", "old-password")
 
+
+def test_task_emails_a_working_reset_link(user, client):
     assert send_password_reset_email(user.pk) == "sent"
 
     assert len(mail.outbox) == 1
@@ -17,15 +22,41 @@ def test_task_emails_a_working_reset_link(db, client):
     assert response.context["validlink"] is True
 
 
+def test_one_request_sends_one_email_however_often_it_runs(user):
+    request = PasswordResetRequest.objects.create(user=user)
+
+    results = [send_password_reset_email(user.pk, request.pk) for _ in range(3)]
+
+    assert results == ["sent", "already-sent", "already-sent"]
+    assert len(mail.outbox) == 1
+    request.refresh_from_db()
+    assert request.sent_at is not None
+
+
+def test_smtp_failure_releases_the_claim_for_the_retry(user, monkeypatch, eager_retries):
+    request = PasswordResetRequest.objects.create(user=user)
+    calls = []
+
+    def flaky_send(user):
+        calls.append(user.pk)
+        if len(calls) == 1:
+            raise ConnectionRefusedError("smtp down")
+        mail.send_mail("subject", "body", None, [user.email])
+
+    monkeypatch.setattr("{{ cookiecutter.project_slug }}.users.tasks._send", flaky_send)
+
+    assert send_password_reset_email.apply((user.pk, request.pk), throw=False).get() == "sent"  # retried eagerly
+    assert len(calls) == 2
+    assert len(mail.outbox) == 1
+
+
 def test_missing_user_is_logged_and_not_retried(db, caplog):
     assert send_password_reset_email(987654) == "skipped"
     assert mail.outbox == []
     assert "no active user 987654" in caplog.text
 
 
-def test_reset_view_dispatches_only_after_commit(db, client, django_capture_on_commit_callbacks):
-    get_user_model().objects.create_user("ada", "ada@example.com", "pw")
-
+def test_reset_view_dispatches_only_after_commit(user, client, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         response = client.post(reverse("password_reset"), {"email": "ada@example.com"})
         assert response.status_code == 302
@@ -34,3 +65,4 @@ def test_reset_view_dispatches_only_after_commit(db, client, django_capture_on_c
     assert len(callbacks) == 1
     callbacks[0]()  # the commit happens: the task is sent (and runs eagerly in tests)
     assert len(mail.outbox) == 1
+    assert PasswordResetRequest.objects.get().sent_at is not None
