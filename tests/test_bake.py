@@ -24,6 +24,14 @@ def test_ruff_lint_and_format_clean(baked):
     assert_ok(run(["ruff", "format", "--check", "."], baked.path))
 
 
+@pytest.mark.parametrize("name", ["Widget Works", "B2B"])
+def test_ruff_clean_whatever_the_slug(cookies, name):
+    """Import sorting depends on the package name: a slug after "config" must sort cleanly too."""
+    path = cookies.bake(extra_context={"project_name": name}).project_path
+    assert_ok(run(["ruff", "check", "."], path))
+    assert_ok(run(["ruff", "format", "--check", "."], path))
+
+
 def test_manage_py_check_passes_at_warning_level(baked):
     assert_ok(run(["python", "manage.py", "check", "--fail-level", "WARNING"], baked.path))
 

@@ -121,8 +121,10 @@ def worker_pools(django_db_setup, django_db_blocker, tmp_path_factory):
         # The Procfile says "python": make that this interpreter, as an activated venv would.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    for pool in topology.POOLS:  # small pools: the machine has two cores
-        env.setdefault(pool.concurrency_env, "1")
+    # Small pools (CI machines have two cores), but more than one process on
+    # worker-high so that concurrent deliveries really run concurrently.
+    for pool in topology.POOLS:
+        env.setdefault(pool.concurrency_env, "4" if pool.name == "worker-high" else "1")
 
     celery_app.control.purge()
     processes, logs = {}, {}

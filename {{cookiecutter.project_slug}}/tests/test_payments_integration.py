@@ -1,0 +1,164 @@
+"""Payments and password resets on real worker pools, real Redis, real Postgres.
+
+What these prove is what unit tests cannot: concurrent deliveries, a worker
+process killed between the provider's charge and our commit, retries with
+backoff across processes, the dead letter, and dispatch after commit.
+"""
+
+import os
+import signal
+import time
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.urls import reverse
+
+from {{ cookiecutter.project_slug }}.core.models import FailedTask
+from {{ cookiecutter.project_slug }}.payments.models import Order, SandboxCharge
+from {{ cookiecutter.project_slug }}.payments.providers import SandboxProvider
+from {{ cookiecutter.project_slug }}.payments.tasks import process_payment
+from {{ cookiecutter.project_slug }}.users.models import PasswordResetRequest
+from {{ cookiecutter.project_slug }}.users.tasks import send_password_reset_email
+
+pytestmark = pytest.mark.integration
+app = process_payment.app
+TIMEOUT = 60
+
+
+@pytest.fixture
+def user():
+    return get_user_model().objects.create_user("ada", "ada@example.com", "pw")
+
+
+@pytest.fixture
+def sandbox():
+    provider = SandboxProvider()
+    yield provider
+    for key in provider.redis.scan_iter("payments:sandbox:plan:*"):
+        provider.redis.delete(key)
+
+
+def wait_until(predicate, timeout=TIMEOUT, message="condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(0.1)
+
+
+def test_32_concurrent_deliveries_of_two_orders_charge_exactly_twice(live_celery, user, sandbox):
+    orders = [Order.objects.create(user=user, amount_cents=1000 + i) for i in range(2)]
+    for order in orders:  # a little provider latency widens the race window
+        sandbox.plan(order.idempotency_key, "slow:0.2", "slow:0.2", "slow:0.2", "slow:0.2")
+
+    results = [process_payment.delay(orders[i % 2].pk) for i in range(32)]
+    outcomes = [result.get(timeout=TIMEOUT) for result in results]
+
+    assert outcomes.count("paid") == 2, outcomes
+    assert set(outcomes) <= {"paid", "already-paid"}
+    assert SandboxCharge.objects.count() == 2
+    for order in orders:
+        order.refresh_from_db()
+        assert order.status == Order.Status.PAID
+        assert SandboxCharge.objects.get(idempotency_key=str(order.idempotency_key)).charge_id == order.charge_id
+
+
+def test_worker_killed_after_the_charge_and_before_the_commit_charges_once(live_celery, user, sandbox):
+    order = Order.objects.create(user=user, amount_cents=7777)
+    sandbox.plan(order.idempotency_key, "hang_after_charge:30")
+
+    result = process_payment.delay(order.pk)
+    wait_until(lambda: SandboxCharge.objects.filter(idempotency_key=str(order.idempotency_key)).exists(),
+               message="the provider to charge")  # fmt: skip
+    host = live_celery.hostname("worker-high")
+    active = app.control.inspect(destination=[host], timeout=2.0).active()[host]
+    (running,) = [task for task in active if task["id"] == result.id]
+    os.kill(running["worker_pid"], signal.SIGKILL)  # the process dies before step 3 commits
+
+    assert result.get(timeout=TIMEOUT) == "paid"  # retried (retry_on_worker_lost), same task id
+    order.refresh_from_db()
+    assert order.status == Order.Status.PAID
+    assert order.payment_attempts == 2
+    assert SandboxCharge.objects.count() == 1
+
+
+def test_provider_timeouts_then_success_charge_once(live_celery, user, sandbox):
+    order = Order.objects.create(user=user, amount_cents=1234)
+    sandbox.plan(order.idempotency_key, "timeout", "timeout_after_charge", "ok")
+
+    result = process_payment.delay(order.pk)
+
+    assert result.get(timeout=TIMEOUT) == "paid"
+    assert result.retries == 2
+    order.refresh_from_db()
+    assert order.payment_attempts == 3
+    assert SandboxCharge.objects.count() == 1
+    assert not FailedTask.objects.exists()
+
+
+def test_missing_order_finishes_without_retry(live_celery):
+    result = process_payment.delay(999_999)
+
+    assert result.get(timeout=TIMEOUT) == "missing"
+    assert result.retries == 0
+    assert not FailedTask.objects.exists()
+
+
+def test_exhausted_retries_leave_a_failed_task_that_replays(live_celery, user, sandbox, settings):
+    order = Order.objects.create(user=user, amount_cents=4321)
+    attempts = settings.TASK_RETRY_POLICY["max_retries"] + 1
+    sandbox.plan(order.idempotency_key, *["timeout"] * attempts)
+
+    result = process_payment.delay(order.pk)
+    with pytest.raises(Exception, match="timed out"):
+        result.get(timeout=TIMEOUT)
+
+    # The result is stored first, then on_failure writes the dead letter.
+    wait_until(FailedTask.objects.exists, message="the FailedTask row")
+    failed = FailedTask.objects.get()
+    assert (failed.task_name, failed.args, failed.queue) == (process_payment.name, [order.pk], "high")
+    assert failed.retries == settings.TASK_RETRY_POLICY["max_retries"]
+    assert "ProviderTimeout" in failed.traceback
+
+    replay = app.AsyncResult(failed.replay())
+    assert replay.get(timeout=TIMEOUT) == "paid"
+    order.refresh_from_db()
+    assert order.status == Order.Status.PAID
+    assert SandboxCharge.objects.count() == 1
+
+
+def test_dispatch_inside_the_transaction_races_the_commit(live_celery, user):
+    """The wrong way, shown failing: the worker looks before the row is committed."""
+    with transaction.atomic():
+        order = Order.objects.create(user=user, amount_cents=500)
+        result = process_payment.delay(order.pk)  # sent now, committed later
+        outcome = result.get(timeout=TIMEOUT)  # the worker has already looked
+
+    assert outcome == "missing"
+    order.refresh_from_db()
+    assert order.status == Order.Status.PENDING  # never charged
+
+
+def test_checkout_dispatches_after_commit_so_the_worker_always_finds_the_order(live_celery, user, client):
+    client.force_login(user)
+    log_start = len(live_celery.log("worker-high"))
+
+    for _ in range(10):
+        response = client.post(reverse("payments:checkout"), {"amount_cents": 2500, "currency": "EUR"})
+        assert response.status_code == 302
+
+    wait_until(lambda: Order.objects.filter(status=Order.Status.PAID).count() == 10, message="10 paid orders")
+    assert SandboxCharge.objects.count() == 10
+    assert "does not exist" not in live_celery.log("worker-high")[log_start:]
+
+
+def test_password_reset_request_delivered_twice_sends_one_email(live_celery, user):
+    request = PasswordResetRequest.objects.create(user=user)
+
+    results = [send_password_reset_email.delay(user.pk, request.pk) for _ in range(4)]
+    outcomes = sorted(result.get(timeout=TIMEOUT) for result in results)
+
+    assert outcomes == ["already-sent"] * 3 + ["sent"]
+    request.refresh_from_db()
+    assert request.sent_at is not None
