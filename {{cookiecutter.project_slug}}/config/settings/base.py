@@ -125,6 +125,8 @@ EMAIL_TIMEOUT = 10
 # With a Stripe secret key, payments go to Stripe; without one, to the sandbox
 # provider (payments/providers.py), which behaves like a real one.
 STRIPE_SECRET_KEY = env("STRIPE_SECRET_KEY", default="")
+# check --deploy warns when a production site would charge the sandbox.
+PAYMENTS_ALLOW_SANDBOX = env.bool("PAYMENTS_ALLOW_SANDBOX", default=False)
 # Seconds we wait for the provider: well inside worker-high's 25 s soft limit.
 PAYMENT_PROVIDER_TIMEOUT = 10
 

@@ -110,6 +110,15 @@ def check_pools(app_configs, **kwargs):
             )
         )
     visibility = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout", 3600)
+    if settings.TASK_RETRY_POLICY["retry_backoff_max"] >= visibility:
+        errors.append(
+            checks.Error(
+                "TASK_RETRY_POLICY['retry_backoff_max'] is not below the visibility timeout: a retry "
+                "waiting that long would be redelivered and run twice.",
+                hint="Lower retry_backoff_max, or raise the visibility timeout in config/topology.py.",
+                id="topology.E008",
+            )
+        )
     uses_redis = settings.CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
     if uses_redis and visibility <= topology.longest_time_limit():
         errors.append(

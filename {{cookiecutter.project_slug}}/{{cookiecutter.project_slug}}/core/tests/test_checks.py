@@ -71,3 +71,8 @@ def test_task_time_limit_longer_than_its_pool_warns(monkeypatch):
 
 def test_visibility_timeout_exceeds_every_hard_limit():
     assert all(pool.time_limit < topology.VISIBILITY_TIMEOUT for pool in topology.POOLS)
+
+
+def test_retry_backoff_longer_than_visibility_timeout_fails_the_check(settings):
+    settings.TASK_RETRY_POLICY = settings.TASK_RETRY_POLICY | {"retry_backoff_max": topology.VISIBILITY_TIMEOUT}
+    assert ids(check_pools(None)) == {"topology.E008"}

@@ -127,3 +127,12 @@ def test_checkout_needs_a_login(client, db):
 
 def test_provider_timeout_is_retryable():
     assert ProviderTimeout in process_payment.autoretry_for
+
+
+def test_deploy_check_warns_when_production_would_charge_the_sandbox(settings):
+    from ..checks import check_payment_provider
+
+    settings.STRIPE_SECRET_KEY, settings.PAYMENTS_ALLOW_SANDBOX = "", False
+    assert [warning.id for warning in check_payment_provider(None)] == ["payments.W001"]
+    settings.STRIPE_SECRET_KEY = "sk_live_x"
+    assert check_payment_provider(None) == []
