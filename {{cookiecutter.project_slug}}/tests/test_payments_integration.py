@@ -16,7 +16,6 @@ from django.urls import reverse
 
 from {{ cookiecutter.project_slug }}.core.models import FailedTask
 from {{ cookiecutter.project_slug }}.payments.models import Order, SandboxCharge
-from {{ cookiecutter.project_slug }}.payments.providers import SandboxProvider
 from {{ cookiecutter.project_slug }}.payments.tasks import process_payment
 from {{ cookiecutter.project_slug }}.users.models import PasswordResetRequest
 from {{ cookiecutter.project_slug }}.users.tasks import send_password_reset_email
@@ -30,13 +29,6 @@ TIMEOUT = 60
 def user():
     return get_user_model().objects.create_user("ada", "ada@example.com", "pw")
 
-
-@pytest.fixture
-def sandbox():
-    provider = SandboxProvider()
-    yield provider
-    for key in provider.redis.scan_iter("payments:sandbox:plan:*"):
-        provider.redis.delete(key)
 
 
 def wait_until(predicate, timeout=TIMEOUT, message="condition"):

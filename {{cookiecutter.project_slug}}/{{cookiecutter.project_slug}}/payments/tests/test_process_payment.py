@@ -7,7 +7,7 @@ from django.urls import reverse
 from {{ cookiecutter.project_slug }}.core.models import FailedTask
 
 from ..models import InvalidTransition, Order, SandboxCharge
-from ..providers import ProviderTimeout, SandboxProvider
+from ..providers import ProviderTimeout
 from ..tasks import process_payment
 
 
@@ -20,13 +20,6 @@ def user(db):
 def order(user):
     return Order.objects.create(user=user, amount_cents=4200)
 
-
-@pytest.fixture
-def sandbox():
-    provider = SandboxProvider()
-    yield provider
-    for key in provider.redis.scan_iter("payments:sandbox:plan:*"):
-        provider.redis.delete(key)
 
 
 def test_pays_the_order_once(order):

@@ -1,0 +1,26 @@
+"""Fixtures shared by the unit tests (in the apps) and the integration tests (tests/)."""
+
+import pytest
+
+from config.celery_app import app
+
+
+@pytest.fixture
+def eager_retries(monkeypatch):
+    """Follow a task's retries eagerly, the way a worker would.
+
+    With eager propagation on, an eagerly run task stops at its first retry; off,
+    each retry runs at once (countdowns are ignored) until success or the last retry.
+    """
+    monkeypatch.setitem(app.conf, "task_eager_propagates", False)
+
+
+@pytest.fixture
+def sandbox():
+    """The sandbox payment provider, whose plans (scripted failures) are cleared afterwards."""
+    from {{ cookiecutter.project_slug }}.payments.providers import SandboxProvider
+
+    provider = SandboxProvider()
+    yield provider
+    for key in provider.redis.scan_iter("payments:sandbox:plan:*"):
+        provider.redis.delete(key)
