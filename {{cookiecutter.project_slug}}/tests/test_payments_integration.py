@@ -30,7 +30,6 @@ def user():
     return get_user_model().objects.create_user("ada", "ada@example.com", "pw")
 
 
-
 def wait_until(predicate, timeout=TIMEOUT, message="condition"):
     deadline = time.monotonic() + timeout
     while not predicate():

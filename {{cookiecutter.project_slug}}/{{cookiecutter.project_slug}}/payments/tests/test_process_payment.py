@@ -21,7 +21,6 @@ def order(user):
     return Order.objects.create(user=user, amount_cents=4200)
 
 
-
 def test_pays_the_order_once(order):
     assert process_payment(order.pk) == "paid"
     assert process_payment(order.pk) == "already-paid"
