@@ -36,6 +36,9 @@ ROUTES: dict[str, str] = {
     # Transactional work a user is waiting for: emails, payments.
     "*.users.tasks.*": "high",
     "*.payments.tasks.*": "high",
+    # An exception before its module's glob: the export watchdog must not wait
+    # behind (or die with) the export pool it watches.
+    "*.exports.tasks.export_watchdog": "default",
     # Long, memory-hungry batch work gets its own patient pool.
     "*.exports.tasks.*": "export",
     # Housekeeping.

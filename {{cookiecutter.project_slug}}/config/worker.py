@@ -11,6 +11,8 @@ Environment:
   CELERY_LOG_LEVEL            worker log level (default INFO)
   CELERY_WORKER_AUTORELOAD    "1" restarts the worker when Python files change
                               (development only; needs watchfiles)
+  REMAP_SIGTERM               set to SIGQUIT unless given: SIGTERM starts Celery's
+                              soft shutdown instead of waiting for every task
 """
 
 from __future__ import annotations
@@ -51,6 +53,14 @@ def main(argv: list[str] | None = None) -> None:
     if options.print:
         print(shlex.join(command))
         return
+    # Celery treats SIGTERM (what Docker, systemd and honcho send) as a *warm*
+    # shutdown: wait for every running task, however long. A 30-minute export
+    # would hold up a deploy until Docker's SIGKILL, and its message would then
+    # wait out the visibility timeout. Remapped to SIGQUIT, SIGTERM starts the
+    # soft shutdown instead: running tasks get the pool's soft_shutdown_timeout
+    # to finish, then the rest are cancelled and their messages handed back to
+    # the broker at once (late acks).
+    os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
     sys.stdout.flush()
     os.execv(command[0], command)  # noqa: S606 -- exec: signals from Docker/honcho reach the worker directly
 

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import environ
+from celery.schedules import crontab
 from kombu import Queue
 
 from config import topology
@@ -131,6 +132,17 @@ PAYMENTS_ALLOW_SANDBOX = env.bool("PAYMENTS_ALLOW_SANDBOX", default=False)
 PAYMENT_PROVIDER_TIMEOUT = 10
 
 # ------------------------------------------------------------------------------
+# EXPORTS
+# ------------------------------------------------------------------------------
+# Rows per batch: one part file and one checkpoint each.
+EXPORT_BATCH_SIZE = env.int("EXPORT_BATCH_SIZE", default=50_000)
+# A runner renews its lease with every checkpoint; a lease this old means a dead
+# runner, and the watchdog (every minute) re-dispatches the job.
+EXPORT_LEASE_SECONDS = env.int("EXPORT_LEASE_SECONDS", default=45)
+# Pause between batches, to leave a busy primary database some headroom (0: full speed).
+EXPORT_THROTTLE_SECONDS = env.float("EXPORT_THROTTLE_SECONDS", default=0.0)
+
+# ------------------------------------------------------------------------------
 # LOGGING
 # ------------------------------------------------------------------------------
 LOGGING = {
@@ -229,11 +241,12 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": topology.VISIBILITY_TIM
 # cancel them rather than let two copies run.
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 # https://docs.celeryq.dev/en/stable/userguide/workers.html#soft-shutdown
-# On SIGTERM let running tasks finish for a while, then hand unfinished messages
-# back to the broker. Each pool sets its own timeout (config/topology.py); this
-# is the fallback. Also applies to an idle worker, so it exits promptly.
+# On shutdown let running tasks finish for a while, then cancel them and hand
+# their messages back to the broker. Each pool sets its own timeout
+# (config/topology.py); this is the fallback. config/worker.py remaps SIGTERM so
+# that it, too, starts the soft shutdown. An idle worker exits at once.
 CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = 10.0
-CELERY_WORKER_ENABLE_SOFT_SHUTDOWN_ON_IDLE = True
+CELERY_WORKER_ENABLE_SOFT_SHUTDOWN_ON_IDLE = False
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-max-memory-per-child
 # Fallback memory cap (KiB); each pool sets its own.
 CELERY_WORKER_MAX_MEMORY_PER_CHILD = 250_000
@@ -252,3 +265,13 @@ TASK_RETRY_POLICY = {"max_retries": 5, "retry_backoff": 2, "retry_backoff_max": 
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#beat-scheduler
 # Schedules are declared in code and editable in the admin (django-celery-beat).
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# https://docs.celeryq.dev/en/stable/userguide/periodic-tasks.html#beat-entries
+# Declared in code, synced into the database by beat at start. Each entry expires
+# before its next run, so a backlog never piles up stale runs.
+CELERY_BEAT_SCHEDULE = {
+    "export-watchdog": {
+        "task": "{{ cookiecutter.project_slug }}.exports.tasks.export_watchdog",
+        "schedule": crontab(),  # every minute
+        "options": {"expires": 50},
+    },
+}

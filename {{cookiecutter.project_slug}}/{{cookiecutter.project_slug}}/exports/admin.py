@@ -5,5 +5,6 @@ from .models import ExportJob
 
 @admin.register(ExportJob)
 class ExportJobAdmin(admin.ModelAdmin):
-    list_display = ("id", "user", "status", "processed_rows", "total_rows", "created_at", "finished_at")
+    list_display = ("id", "user", "status", "processed_rows", "total_rows", "lease_expires_at", "finished_at")
     list_filter = ("status",)
+    readonly_fields = ("parts", "last_key", "bytes_written", "lease_owner", "lease_expires_at", "heartbeat_at")

@@ -1,13 +1,42 @@
+"""The export engine and task, run in-process. tests/test_exports_integration.py kills real workers."""
+
 import csv
 import io
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from django.core.management import call_command
+from django.db import connection
+from django.urls import reverse
+from django.utils import timezone
 
+from ..csv_export import HEADER, ExportRunner, LeaseLost, StopRequested
 from ..models import ExportJob, Transaction
-from ..tasks import HEADER, generate_csv_export
+from ..tasks import export_watchdog, generate_csv_export
+
+TRICKY = [
+    "Coffee Corner #1234",
+    'He said "hi", twice',
+    "line\nbreak",
+    "",
+    '=HYPERLINK("http://evil","click")',
+    "+1 555 0100",
+    "-2+3+cmd|' /C calc'!A0",
+    "@SUM(A1:A2)",
+    "\tleading tab",
+    "\rleading return",
+    "Zürich café ☕",
+]
+
+
+@pytest.fixture(autouse=True)
+def media(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path
+    settings.EXPORT_BATCH_SIZE = 4  # several batches even for a few rows
 
 
 @pytest.fixture
@@ -15,45 +44,154 @@ def user(db):
     return get_user_model().objects.create_user("ada", "ada@example.com", "pw")
 
 
-def read_csv(job):
-    with job.file.open("rb") as handle:
-        return list(csv.reader(io.StringIO(handle.read().decode())))
-
-
-def test_exports_only_the_users_rows_in_key_order(user, monkeypatch, settings, tmp_path):
-    settings.MEDIA_ROOT = tmp_path
-    monkeypatch.setattr("{{ cookiecutter.project_slug }}.exports.tasks.BATCH_SIZE", 7)  # several batches
-    other = get_user_model().objects.create_user("bob", "bob@example.com", "pw")
-    for owner in (user, other):
-        Transaction.objects.bulk_create(
-            Transaction(
-                user=owner, created_at="2026-01-01T00:00:00Z", amount=Decimal(i), currency="EUR", description="x"
-            )
-            for i in range(30)
+def add_rows(user, descriptions=TRICKY, amounts=None):
+    start = timezone.now().replace(microsecond=0) - timedelta(days=1)
+    Transaction.objects.bulk_create(
+        Transaction(
+            user=user,
+            created_at=start + timedelta(minutes=i),
+            amount=(amounts or [Decimal("-12.50"), Decimal("99.99"), Decimal("0.10")])[i % 3],
+            currency="EUR",
+            description=text,
         )
+        for i, text in enumerate(descriptions)
+    )
+
+
+def export_bytes(user, **runner_options) -> bytes:
+    job = ExportJob.objects.create(user=user)
+    runner = ExportRunner(job.pk, **runner_options)
+    assert ExportJob.claim(job.pk, runner.owner)
+    job = runner.run()
+    with job.file.open("rb") as handle:
+        return handle.read()
+
+
+def rows_of(data: bytes):
+    return list(csv.reader(io.StringIO(data.decode(), newline="")))
+
+
+def test_exports_only_the_users_rows_in_key_order(user):
+    other = get_user_model().objects.create_user("bob", "bob@example.com", "pw")
+    add_rows(user)
+    add_rows(other)
     job = ExportJob.objects.create(user=user)
 
     assert generate_csv_export(job.pk) == "completed"
 
     job.refresh_from_db()
-    rows = read_csv(job)
-    assert rows[0] == HEADER
-    ids = [int(row[0]) for row in rows[1:]]
-    assert ids == sorted(Transaction.objects.filter(user=user).values_list("pk", flat=True))
-    assert job.processed_rows == 30
-    assert job.status == ExportJob.Status.COMPLETED
+    with job.file.open("rb") as handle:
+        data = handle.read()
+    rows = rows_of(data)
+    assert tuple(rows[0]) == HEADER
+    assert [int(row[0]) for row in rows[1:]] == list(
+        Transaction.objects.filter(user=user).order_by("pk").values_list("pk", flat=True)
+    )
+    assert (job.status, job.processed_rows, job.total_rows) == (ExportJob.Status.COMPLETED, len(TRICKY), len(TRICKY))
+    assert job.bytes_written == len(data)
+    assert job.lease_owner == ""
+    assert default_storage.listdir(f"exports/{job.pk}")[1] == []  # parts cleaned up
 
 
-def test_empty_export_has_the_header_only(user, settings, tmp_path):
-    settings.MEDIA_ROOT = tmp_path
+def test_formula_cells_are_neutralised_and_numbers_kept(user):
+    add_rows(user)
+    rows = rows_of(export_bytes(user))[1:]
+    descriptions = [row[4] for row in rows]
+    assert descriptions[4].startswith("'=HYPERLINK")
+    assert descriptions[5] == "'+1 555 0100"
+    assert descriptions[6].startswith("'-2+3")
+    assert descriptions[7] == "'@SUM(A1:A2)"
+    assert descriptions[8] == "'\tleading tab"
+    assert descriptions[9] == "'\rleading return"
+    assert descriptions[1] == 'He said "hi", twice'  # quoting survives the round trip
+    assert rows[0][2] == "-12.50"  # a negative amount is a number, not a formula
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="COPY needs Postgres")
+def test_copy_and_orm_paths_write_the_same_bytes(user):
+    add_rows(user)
+    assert export_bytes(user, use_copy=True) == export_bytes(user, use_copy=False)
+
+
+def test_empty_export_is_the_header_only(user):
+    assert export_bytes(user) == b"id,created_at,amount,currency,description\n"
+
+
+def test_resume_after_a_stop_is_byte_identical_and_ignores_a_partial_tail(user):
+    add_rows(user, descriptions=[f"row {i}" for i in range(30)])
+    clean = export_bytes(user)
     job = ExportJob.objects.create(user=user)
-    generate_csv_export(job.pk)
+
+    batches = iter(range(100))
+    first = ExportRunner(job.pk, should_stop=lambda: next(batches) >= 3)
+    assert ExportJob.claim(job.pk, first.owner)
+    with pytest.raises(StopRequested):
+        first.run()
     job.refresh_from_db()
-    assert read_csv(job) == [HEADER]
+    assert job.processed_rows == 3 * 4
+    # The tail a runner killed mid-batch leaves behind: a part no checkpoint names.
+    default_storage.save(f"exports/{job.pk}/part-{len(job.parts):06d}-{first.owner}.csv", ContentFile(b"9,torn"))
+    ExportJob.release(job.pk, first.owner)
+
+    assert generate_csv_export(job.pk) == "completed"
+
+    job.refresh_from_db()
+    with job.file.open("rb") as handle:
+        assert handle.read() == clean
+    assert default_storage.listdir(f"exports/{job.pk}")[1] == []
 
 
-def test_completed_job_is_not_rewritten(user, settings, tmp_path):
-    settings.MEDIA_ROOT = tmp_path
+def test_a_live_lease_keeps_a_second_runner_out(user):
+    add_rows(user)
+    job = ExportJob.objects.create(user=user)
+    assert ExportJob.claim(job.pk, "someone-else")
+
+    assert generate_csv_export(job.pk) == "leased-elsewhere"
+
+    job.refresh_from_db()
+    assert (job.status, job.parts) == (ExportJob.Status.PENDING, [])
+
+
+def test_a_runner_that_lost_its_lease_stops_writing(user):
+    add_rows(user)
+    job = ExportJob.objects.create(user=user)
+    polls = []
+
+    def lease_taken_over_after_one_batch():
+        polls.append(1)
+        if len(polls) == 2:  # e.g. the watchdog gave the job to a new runner
+            ExportJob.objects.filter(pk=job.pk).update(lease_owner="the-new-runner")
+        return False
+
+    runner = ExportRunner(job.pk, should_stop=lease_taken_over_after_one_batch)
+    assert ExportJob.claim(job.pk, runner.owner)
+    with pytest.raises(LeaseLost):
+        runner.run()
+
+    job.refresh_from_db()
+    assert len(job.parts) == 2  # the header and the one batch checkpointed before the takeover
+    on_disk = default_storage.listdir(f"exports/{job.pk}")[1]
+    assert sorted(f"exports/{job.pk}/{name}" for name in on_disk) == sorted(job.parts)  # its next part was removed
+
+
+def test_watchdog_redispatches_jobs_whose_runner_died(user):
+    add_rows(user)
+    dead = ExportJob.objects.create(user=user)
+    ExportJob.objects.filter(pk=dead.pk).update(
+        status=ExportJob.Status.RUNNING, lease_owner="dead", lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    alive = ExportJob.objects.create(user=user)
+    assert ExportJob.claim(alive.pk, "alive")
+
+    assert export_watchdog() == [dead.pk]  # runs the export eagerly here
+
+    dead.refresh_from_db()
+    alive.refresh_from_db()
+    assert dead.status == ExportJob.Status.COMPLETED
+    assert alive.status == ExportJob.Status.PENDING
+
+
+def test_completed_job_is_not_rewritten(user):
     job = ExportJob.objects.create(user=user)
     generate_csv_export(job.pk)
     job.refresh_from_db()
@@ -64,14 +202,42 @@ def test_completed_job_is_not_rewritten(user, settings, tmp_path):
     assert job.file.name == name
 
 
-def test_missing_job_is_logged(db, caplog):
+def test_missing_job_is_logged_and_not_retried(db, caplog):
     assert generate_csv_export(123456) == "missing"
     assert "job 123456 does not exist" in caplog.text
 
 
-def test_export_transactions_command_prints_the_job_id(transactional_db, user, settings, tmp_path, capsys):
+def test_export_transactions_command_prints_the_job_id(transactional_db, user, capsys):
     # transactional_db: the command dispatches on COMMIT, which a test transaction never reaches.
-    settings.MEDIA_ROOT = tmp_path
+    add_rows(user)
     call_command("export_transactions", user="ada", wait=True)
     job_id = int(capsys.readouterr().out.strip())
     assert ExportJob.objects.get(pk=job_id).status == ExportJob.Status.COMPLETED
+
+
+def test_start_progress_and_download(user, client, django_capture_on_commit_callbacks):
+    add_rows(user)
+    client.force_login(user)
+
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        response = client.post(reverse("exports:start"))
+    job = ExportJob.objects.get()
+    assert len(callbacks) == 1  # dispatched on commit
+    assert response.url == reverse("exports:detail", args=[job.pk])
+
+    progress = client.get(reverse("exports:progress", args=[job.pk])).json()
+    assert progress["status"] == "completed"
+    assert progress["processed_rows"] == progress["total_rows"] == len(TRICKY)
+    download = client.get(progress["download_url"])
+    assert download.status_code == 200
+    assert b"".join(download.streaming_content).startswith(b"id,created_at")
+
+
+def test_only_the_owner_sees_or_downloads_an_export(user, client):
+    job = ExportJob.objects.create(user=user)
+    generate_csv_export(job.pk)
+    intruder = get_user_model().objects.create_user("eve", "eve@example.com", "pw")
+    client.force_login(intruder)
+
+    for name in ("detail", "progress", "download"):
+        assert client.get(reverse(f"exports:{name}", args=[job.pk])).status_code == 404
