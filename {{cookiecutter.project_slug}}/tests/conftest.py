@@ -59,7 +59,7 @@ def start_process(name: str, env: dict[str, str], log: Path) -> subprocess.Popen
         ["/bin/sh", "-c", f"exec {procfile()[name]}"],
         cwd=ROOT,
         env=env,
-        stdout=log.open("wb"),
+        stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group: stopped as a whole
     )
@@ -91,6 +91,31 @@ class WorkerPools:
     def log(self, pool_name: str) -> str:
         return self.logs[pool_name].read_text(errors="replace")
 
+    def wait_until_ready(self, names, timeout: float = STARTUP_TIMEOUT) -> None:
+        expected = {self.hostname(name) for name in names}
+        deadline = time.monotonic() + timeout
+        answered: set[str] = set()
+        while answered != expected:
+            for name in names:
+                process = self.processes[name]
+                if process.poll() is not None:
+                    pytest.fail(f"{name} exited with {process.returncode}:\n{self.log(name)}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"worker pools did not answer within {timeout}s: {expected - answered}")
+            replies = celery_app.control.ping(destination=list(expected), timeout=1.0) or []
+            answered = {host for reply in replies for host in reply} & expected
+
+    def kill(self, pool_name: str, sig: signal.Signals, whole_group: bool = False, timeout: float = 60) -> None:
+        """Signal a pool's main process (as Docker does), or its whole process group (SIGKILL, OOM)."""
+        process = self.processes[pool_name]
+        os.killpg(process.pid, sig) if whole_group else os.kill(process.pid, sig)
+        process.wait(timeout=timeout)
+
+    def restart(self, pool_name: str) -> None:
+        """Start the pool again from its Procfile line, as a process manager would."""
+        self.processes[pool_name] = start_process(pool_name, self.env, self.logs[pool_name])
+        self.wait_until_ready([pool_name])
+
 
 def _test_database_url() -> str:
     db = connection.settings_dict
@@ -118,6 +143,8 @@ def worker_pools(django_db_setup, django_db_blocker, tmp_path_factory):
         "CELERY_TASK_ALWAYS_EAGER": "0",
         "CELERY_WORKER_AUTORELOAD": "0",
         "DJANGO_MEDIA_ROOT": str(media_root),
+        # Slow exports down (0.2 s per 500-row batch) so tests can stop them part-way.
+        "EXPORT_THROTTLE_SECONDS": "0.2",
         # The Procfile says "python": make that this interpreter, as an activated venv would.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
@@ -134,20 +161,10 @@ def worker_pools(django_db_setup, django_db_blocker, tmp_path_factory):
             processes[name] = start_process(name, env, logs[name])
     pools = WorkerPools(processes, logs, media_root, env)
     try:
-        expected = {pools.hostname(name) for name in processes}
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        answered: set[str] = set()
-        while answered != expected:
-            for name, process in processes.items():
-                if process.poll() is not None:
-                    pytest.fail(f"{name} exited with {process.returncode}:\n{pools.log(name)}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"worker pools did not answer within {STARTUP_TIMEOUT}s: {expected - answered}")
-            replies = celery_app.control.ping(timeout=1.0) or []
-            answered = {host for reply in replies for host in reply} & expected
+        pools.wait_until_ready(list(processes))
         yield pools
     finally:
-        stop_processes(processes.values())
+        stop_processes(pools.processes.values())
 
 
 @pytest.fixture

@@ -3,35 +3,52 @@ import os
 import signal
 from contextlib import contextmanager
 
+from billiard.common import TERM_SIGNAL
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
+from django.db import DEFAULT_DB_ALIAS, connections
 
-from .csv_export import ExportRunner, LeaseLost, StopRequested
+from .csv_export import ExportRunner, LeaseLost
 from .models import ExportJob
 
 logger = logging.getLogger(__name__)
 
 
 @contextmanager
-def stop_requested_on_sigterm():
-    """Turn SIGTERM into a flag the runner checks between batches.
+def hand_back_on_termination(job_id: int, owner: str):
+    """When the pool terminates this task, release the job's lease before dying.
 
-    On shutdown Celery cancels running tasks by sending SIGTERM to the pool
-    process (after the pool's soft-shutdown timeout). Dying mid-batch would be
-    safe, but the job's lease would stay held until it expires. With the flag the
-    runner finishes its batch, releases the lease, and then dies as Celery
-    intended, so the message Celery hands back can be resumed at once.
+    On shutdown Celery cancels running tasks by signalling the pool process
+    (after the pool's soft-shutdown timeout) and hands their messages
+    back to the broker. Dying mid-batch is safe (the unfinished part is never
+    checkpointed), but the lease would stay held until it expires, so the
+    requeued message could not resume the job at once. The handler releases it
+    on a connection of its own (the task's connection may be mid-query), then
+    dies the way Celery meant.
     """
-    state = {"stop": False}
 
-    def request_stop(signum, frame):
-        state["stop"] = True
+    def release_and_die(signum, frame):
+        connection = connections.create_connection(DEFAULT_DB_ALIAS)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"UPDATE {ExportJob._meta.db_table} SET lease_owner = '', lease_expires_at = NULL "  # noqa: S608
+                    "WHERE id = %s AND lease_owner = %s",
+                    [job_id, owner],
+                )
+        finally:
+            connection.close()
+        logger.info("export %s: stopped for shutdown, lease released for the next runner", job_id)
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
 
-    previous = signal.signal(signal.SIGTERM, request_stop)
+    # The signal billiard uses to terminate a job: SIGTERM, or SIGQUIT when
+    # REMAP_SIGTERM=SIGQUIT (which config/worker.py sets).
+    previous = signal.signal(TERM_SIGNAL, release_and_die)
     try:
-        yield lambda: state["stop"]
+        yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(TERM_SIGNAL, previous)
 
 
 @shared_task(bind=True)
@@ -53,21 +70,12 @@ def generate_csv_export(self, export_job_id: int) -> str:
         logger.info("export %s: another runner holds the lease", job.pk)
         return "leased-elsewhere"
 
-    with stop_requested_on_sigterm() as should_stop:
-        runner.should_stop = should_stop
+    with hand_back_on_termination(job.pk, runner.owner):
         try:
             job = runner.run()
         except LeaseLost:
             logger.warning("export %s: lease lost, another runner continues", export_job_id)
             return "lease-lost"
-        except StopRequested:
-            # Hand the job back: release the lease, then die the way Celery's
-            # cancellation meant us to. The message is requeued, not acked.
-            ExportJob.release(export_job_id, runner.owner)
-            logger.info("export %s: stopped at its checkpoint for shutdown", export_job_id)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-            raise
         except SoftTimeLimitExceeded:
             # Out of time, not out of progress: continue from the checkpoint.
             ExportJob.release(export_job_id, runner.owner)
