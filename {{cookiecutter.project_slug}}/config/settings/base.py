@@ -135,7 +135,7 @@ PAYMENT_PROVIDER_TIMEOUT = 10
 # EXPORTS
 # ------------------------------------------------------------------------------
 # Rows per batch: one part file and one checkpoint each.
-EXPORT_BATCH_SIZE = env.int("EXPORT_BATCH_SIZE", default=50_000)
+EXPORT_BATCH_SIZE = env.int("EXPORT_BATCH_SIZE", default=100_000)
 # A runner renews its lease with every checkpoint; a lease this old means a dead
 # runner, and the watchdog (every minute) re-dispatches the job.
 EXPORT_LEASE_SECONDS = env.int("EXPORT_LEASE_SECONDS", default=45)

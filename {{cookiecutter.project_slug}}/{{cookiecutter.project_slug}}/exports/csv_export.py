@@ -39,10 +39,12 @@ from .models import ExportJob, Transaction
 
 logger = logging.getLogger(__name__)
 
+# created_at is in UTC.
 HEADER = ("id", "created_at", "amount", "currency", "description")
 # A cell starting with one of these is a formula to Excel and LibreOffice
 # ("CSV injection"). Text cells that start with one get a leading apostrophe.
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+BLOCK_SIZE = 1 << 20
 
 
 class LeaseLost(Exception):
@@ -60,6 +62,13 @@ def neutralise(text: str) -> str:
     return f"'{text}" if text.startswith(FORMULA_PREFIXES) else text
 
 
+def utc_timestamp(moment) -> str:
+    """A timestamp as Postgres prints ``timestamptz AT TIME ZONE 'UTC'``."""
+    moment = moment.astimezone(UTC)
+    fraction = f".{moment.microsecond:06d}".rstrip("0") if moment.microsecond else ""
+    return moment.strftime("%Y-%m-%d %H:%M:%S") + fraction
+
+
 def csv_field(value: str) -> str:
     """Quote like COPY ... (FORMAT csv): only when needed, and always for ''."""
     if value == "" or any(char in value for char in ',"\r\n'):
@@ -75,19 +84,17 @@ HEADER_LINE = csv_line(HEADER).encode()
 
 # The same columns, formatted by Postgres. Numbers and timestamps cannot start
 # with a formula character that matters (a leading "-" on an amount is a
-# negative number), so only the text columns are neutralised.
-COPY_SELECT = """
-    SELECT id,
-           to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
-           amount::text,
-           CASE WHEN left(currency, 1) IN ('=', '+', '-', '@', E'\\t', E'\\r')
-                THEN '''' || currency ELSE currency END,
-           CASE WHEN left(description, 1) IN ('=', '+', '-', '@', E'\\t', E'\\r')
-                THEN '''' || description ELSE description END
-      FROM {table}
-     WHERE user_id = %s AND id > %s AND id <= %s
-     ORDER BY id
-"""
+# negative number), so only the text columns are neutralised. Comparing ascii()
+# of the first character is several times cheaper than comparing substrings.
+FORMULA_CODES = ", ".join(str(ord(prefix)) for prefix in FORMULA_PREFIXES)
+COPY_SELECT = (
+    "SELECT id,"  # noqa: S608 (only module constants are interpolated)
+    " created_at AT TIME ZONE 'UTC',"  # "2026-01-31 23:59:59[.123]": cheap, unlike to_char()
+    " amount,"
+    f" CASE WHEN ascii(currency) IN ({FORMULA_CODES}) THEN '''' || currency ELSE currency END,"
+    f" CASE WHEN ascii(description) IN ({FORMULA_CODES}) THEN '''' || description ELSE description END"
+    " FROM {table} WHERE user_id = %s AND id > %s AND id <= %s ORDER BY id"
+)
 
 
 BATCH_BOUNDS = """
@@ -101,7 +108,7 @@ def orm_lines(rows) -> Iterator[str]:
         yield csv_line(
             (
                 str(pk),
-                created_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                utc_timestamp(created_at),
                 f"{amount:.2f}",
                 neutralise(currency),
                 neutralise(description),
@@ -194,9 +201,17 @@ def batch_chunks(user_id: int, after: int, upper: int, use_copy: bool) -> Iterat
     """The CSV bytes of rows with after < id <= upper."""
     if use_copy:
         sql = "COPY (" + COPY_SELECT.format(table=Transaction._meta.db_table) + ") TO STDOUT (FORMAT csv)"
+        # COPY hands out one message per row: gather them into ~1 MiB blocks so
+        # storage sees a few large writes instead of a million small ones.
+        block = bytearray()
         with connection.cursor() as cursor, cursor.cursor.copy(sql, [user_id, after, upper]) as copy:
-            for chunk in copy:
-                yield bytes(chunk)  # psycopg hands out memoryviews; storages want bytes
+            for row in copy:
+                block += row
+                if len(block) >= BLOCK_SIZE:
+                    yield bytes(block)
+                    block.clear()
+        if block:
+            yield bytes(block)
         return
     rows = (
         Transaction.objects.filter(user_id=user_id, pk__gt=after, pk__lte=upper)
@@ -204,14 +219,14 @@ def batch_chunks(user_id: int, after: int, upper: int, use_copy: bool) -> Iterat
         .values_list(*HEADER)
         .iterator(chunk_size=2000)
     )
-    buffer = []
+    block = []
     for line in orm_lines(rows):
-        buffer.append(line)
-        if len(buffer) == 2000:
-            yield "".join(buffer).encode()
-            buffer.clear()
-    if buffer:
-        yield "".join(buffer).encode()
+        block.append(line)
+        if len(block) == 2000:
+            yield "".join(block).encode()
+            block.clear()
+    if block:
+        yield "".join(block).encode()
 
 
 # ------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def user(db):
 
 
 def add_rows(user, descriptions=TRICKY, amounts=None):
-    start = timezone.now().replace(microsecond=0) - timedelta(days=1)
+    start = timezone.now().replace(microsecond=120000) - timedelta(days=1)  # a fraction, as Postgres trims it
     Transaction.objects.bulk_create(
         Transaction(
             user=user,
@@ -241,3 +241,12 @@ def test_only_the_owner_sees_or_downloads_an_export(user, client):
 
     for name in ("detail", "progress", "download"):
         assert client.get(reverse(f"exports:{name}", args=[job.pk])).status_code == 404
+
+
+def test_watchdog_runs_every_minute_on_the_default_pool(settings):
+    from config.celery_app import app
+
+    entry = settings.CELERY_BEAT_SCHEDULE["export-watchdog"]
+    assert entry["task"] == export_watchdog.name
+    assert str(entry["schedule"]) == str(timezone.timedelta(minutes=1)) or entry["schedule"].minute == set(range(60))
+    assert app.amqp.router.route({}, export_watchdog.name)["queue"].name == "default"
