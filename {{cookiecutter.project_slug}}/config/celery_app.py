@@ -6,7 +6,9 @@ All configuration lives in Django settings under the ``CELERY_`` namespace
 
 import os
 
-from celery import Celery
+from celery import Celery, bootsteps
+
+from config import healthcheck, topology
 
 # Workers, beat and flower import this module before Django is set up.
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
@@ -20,3 +22,32 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 
 # Import ``<app>/tasks.py`` of every installed Django app.
 app.autodiscover_tasks()
+
+
+class HeartbeatFile(bootsteps.StartStopStep):
+    """Touch ``<pool>.heartbeat`` from the worker's own timer, for the compose healthcheck.
+
+    The timer runs in the worker's main event loop: if the loop hangs, the file
+    goes stale and ``python -m config.healthcheck <pool>`` fails.
+    """
+
+    requires = {"celery.worker.components:Timer"}
+
+    def start(self, worker):
+        node = worker.hostname.split("@")[0]
+        try:
+            self.process = topology.pool_named(node).name
+        except KeyError:
+            self.process = f"worker-{node}"
+        healthcheck.touch(self.process)
+        self.tref = worker.timer.call_repeatedly(healthcheck.HEARTBEAT_INTERVAL, healthcheck.touch, (self.process,))
+
+    def stop(self, worker):
+        if getattr(self, "tref", None):
+            self.tref.cancel()
+        healthcheck.heartbeat_file(self.process).unlink(missing_ok=True)
+
+    terminate = stop  # cold and soft shutdowns terminate steps instead of stopping them
+
+
+app.steps["worker"].add(HeartbeatFile)

@@ -143,6 +143,7 @@ def worker_pools(django_db_setup, django_db_blocker, tmp_path_factory):
         "CELERY_TASK_ALWAYS_EAGER": "0",
         "CELERY_WORKER_AUTORELOAD": "0",
         "DJANGO_MEDIA_ROOT": str(media_root),
+        "HEALTHCHECK_DIR": str(tmp_path_factory.mktemp("health")),
         # Slow exports down (0.2 s per 500-row batch) so tests can stop them part-way.
         "EXPORT_THROTTLE_SECONDS": "0.2",
         # The Procfile says "python": make that this interpreter, as an activated venv would.

@@ -3,13 +3,15 @@
 import base64
 import json
 import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-from .conftest import start_process, stop_processes
+from .conftest import ROOT, start_process, stop_processes
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +60,7 @@ def native(worker_pools, tmp_path):
     logs = {name: tmp_path / f"{name}.log" for name in ("web", "beat", "flower")}
     processes = {name: start_process(name, env, log) for name, log in logs.items()}
     yield {"web": f"http://127.0.0.1:{web_port}", "flower": f"http://127.0.0.1:{flower_port}", "logs": logs,
-           "processes": processes}  # fmt: skip
+           "processes": processes, "env": env}  # fmt: skip
     stop_processes(processes.values())
 
 
@@ -97,3 +99,22 @@ def test_beat_starts_with_the_database_scheduler(native):
     wait_for(started)
     time.sleep(2)
     assert native["processes"]["beat"].poll() is None, native["logs"]["beat"].read_text()
+
+    def healthy():
+        """beat's healthcheck to pass"""
+        return run_healthcheck("beat", native["env"]) == 0
+
+    wait_for(healthy)
+
+
+def test_web_healthcheck_command(native):
+    def healthy():
+        """the web healthcheck to pass"""
+        return run_healthcheck("web", native["env"]) == 0
+
+    wait_for(healthy)
+
+
+def run_healthcheck(process: str, env: dict) -> int:
+    command = [sys.executable, "-m", "config.healthcheck", process]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, check=False).returncode

@@ -92,6 +92,13 @@ def test_stop_grace_period_covers_the_soft_shutdown(filename):
 
 
 @pytest.mark.parametrize("filename", COMPOSE_FILES)
+def test_web_workers_and_beat_have_cheap_healthchecks(filename):
+    services = compose(filename)
+    for name, process in [("django", "web"), ("beat", "beat"), *((pool.name, pool.name) for pool in topology.POOLS)]:
+        assert services[name]["healthcheck"]["test"] == ["CMD", "python", "-m", "config.healthcheck", process], name
+
+
+@pytest.mark.parametrize("filename", COMPOSE_FILES)
 def test_migrations_run_once_before_anything_uses_the_database(filename):
     services = compose(filename)
     migrators = [name for name, service in services.items() if "migrate" in command(service)]

@@ -70,6 +70,8 @@ LOGIN_REDIRECT_URL = "/"
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
 MIDDLEWARE = [
+    # /healthz and /readyz: before host checks, HTTPS redirects and sessions.
+    "{{ cookiecutter.project_slug }}.core.health.HealthCheckMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -264,7 +266,8 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 TASK_RETRY_POLICY = {"max_retries": 5, "retry_backoff": 2, "retry_backoff_max": 120, "default_retry_delay": 10}
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#beat-scheduler
 # Schedules are declared in code and editable in the admin (django-celery-beat).
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Our subclass adds the heartbeat file read by the compose healthcheck.
+CELERY_BEAT_SCHEDULER = "{{ cookiecutter.project_slug }}.core.beat:HeartbeatDatabaseScheduler"
 # https://docs.celeryq.dev/en/stable/userguide/periodic-tasks.html#beat-entries
 # Declared in code, synced into the database by beat at start. Each entry expires
 # before its next run, so a backlog never piles up stale runs.

@@ -1,0 +1,53 @@
+"""Liveness and readiness for the web process, answered before any other middleware.
+
+``/healthz``: the process serves requests (no database, no broker: a liveness
+probe must not fail because a dependency is down, or the orchestrator restarts
+healthy web processes in a loop). ``/readyz``: the database and the broker answer;
+a load balancer stops routing to a process that is not ready.
+
+Both come first in MIDDLEWARE: no host check, no HTTPS redirect, no session, and
+they say nothing but "ok" or which dependency failed.
+"""
+
+import logging
+
+from django.db import connection
+from django.http import JsonResponse
+
+logger = logging.getLogger(__name__)
+
+
+def database_ok() -> bool:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return True
+    except Exception:
+        logger.exception("readiness: database unreachable")
+        return False
+
+
+def broker_ok() -> bool:
+    from config.celery_app import app
+
+    try:
+        with app.connection_for_write() as broker:
+            broker.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=2)
+        return True
+    except Exception:
+        logger.exception("readiness: broker unreachable")
+        return False
+
+
+class HealthCheckMiddleware:
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if request.path == "/healthz":
+            return JsonResponse({"status": "ok"})
+        if request.path == "/readyz":
+            checks = {"database": database_ok(), "broker": broker_ok()}
+            body = {name: "ok" if ok else "unavailable" for name, ok in checks.items()}
+            return JsonResponse(body, status=200 if all(checks.values()) else 503)
+        return self.get_response(request)
