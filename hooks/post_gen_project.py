@@ -24,6 +24,8 @@ SECRETS = {
     "!!!DJANGO_SECRET_KEY!!!": token(64),
     "!!!FLOWER_PASSWORD!!!": token(32),
     "!!!PRODUCTION_FLOWER_PASSWORD!!!": token(32),
+    "!!!METRICS_PASSWORD!!!": token(32),
+    "!!!PRODUCTION_METRICS_PASSWORD!!!": token(32),
     "!!!LOCAL_POSTGRES_PASSWORD!!!": token(32),
     "!!!PRODUCTION_POSTGRES_PASSWORD!!!": token(32),
 }

@@ -28,6 +28,11 @@ from dataclasses import dataclass
 QUEUES: tuple[str, ...] = ("high", "default", "low", "export")
 DEFAULT_QUEUE = "default"
 
+# How long a message may wait in each queue before a worker starts it. The
+# latency canary (core/tasks.py) measures it every minute, exports it as a metric
+# and logs an ERROR when a queue breaches its SLA.
+SLA_SECONDS: dict[str, float] = {"high": 1.0, "default": 10.0, "low": 300.0, "export": 60.0}
+
 # Routes by task name. Keys are Celery globs matched against the registered task
 # name (``<project>.<app>.tasks.<function>``); exact names win over globs and globs
 # are tried in order. Route whole modules, then carve out exceptions with exact
@@ -36,9 +41,11 @@ ROUTES: dict[str, str] = {
     # Transactional work a user is waiting for: emails, payments.
     "*.users.tasks.*": "high",
     "*.payments.tasks.*": "high",
-    # An exception before its module's glob: the export watchdog must not wait
-    # behind (or die with) the export pool it watches.
+    # Exceptions before their module's glob: the export watchdog must not wait
+    # behind (or die with) the export pool it watches; housekeeping is low priority.
     "*.exports.tasks.export_watchdog": "default",
+    "*.exports.tasks.cleanup_expired_exports": "low",
+    "*.payments.tasks.reconcile_stuck_payments": "default",
     # Long, memory-hungry batch work gets its own patient pool.
     "*.exports.tasks.*": "export",
     # Housekeeping.

@@ -89,6 +89,10 @@ def test_flower_requires_auth_and_sees_every_pool(native, worker_pools):
 
     expected = {worker_pools.hostname(name) for name in worker_pools.processes}
     assert wait_for(workers) >= expected
+    # Flower's own /metrics lists task and worker names: behind the same auth (config/flower.py).
+    assert get(native["flower"] + "/metrics")[0] == 401
+    assert get(native["flower"] + "/metrics", auth=("operator", "s3cret"))[0] == 200
+    assert get(native["flower"] + "/healthcheck")[0] == 200  # "OK" and nothing else, for probes
 
 
 def test_beat_starts_with_the_database_scheduler(native):

@@ -132,6 +132,8 @@ STRIPE_SECRET_KEY = env("STRIPE_SECRET_KEY", default="")
 PAYMENTS_ALLOW_SANDBOX = env.bool("PAYMENTS_ALLOW_SANDBOX", default=False)
 # Seconds we wait for the provider: well inside worker-high's 25 s soft limit.
 PAYMENT_PROVIDER_TIMEOUT = 10
+# Orders PROCESSING for longer than this are re-dispatched by reconciliation.
+PAYMENT_STUCK_AFTER_MINUTES = 10
 
 # ------------------------------------------------------------------------------
 # EXPORTS
@@ -143,6 +145,14 @@ EXPORT_BATCH_SIZE = env.int("EXPORT_BATCH_SIZE", default=100_000)
 EXPORT_LEASE_SECONDS = env.int("EXPORT_LEASE_SECONDS", default=45)
 # Pause between batches, to leave a busy primary database some headroom (0: full speed).
 EXPORT_THROTTLE_SECONDS = env.float("EXPORT_THROTTLE_SECONDS", default=0.0)
+# Finished exports (and their files) are deleted after this many days.
+EXPORT_RETENTION_DAYS = env.int("EXPORT_RETENTION_DAYS", default=7)
+
+# ------------------------------------------------------------------------------
+# MONITORING
+# ------------------------------------------------------------------------------
+# user:password for Prometheus at /metrics; unset, the endpoint refuses everyone.
+METRICS_BASIC_AUTH = env("METRICS_BASIC_AUTH", default="")
 
 # ------------------------------------------------------------------------------
 # LOGGING
@@ -271,10 +281,29 @@ CELERY_BEAT_SCHEDULER = "{{ cookiecutter.project_slug }}.core.beat:HeartbeatData
 # https://docs.celeryq.dev/en/stable/userguide/periodic-tasks.html#beat-entries
 # Declared in code, synced into the database by beat at start. Each entry expires
 # before its next run, so a backlog never piles up stale runs.
+# Every entry names its queue and expires before its next run, so a backlog never
+# piles up stale runs. django-celery-beat reads "expire_seconds" (it silently drops
+# Celery's "expires" when syncing to the database). Each entry is also
+# `manage.py scheduled run <name>`, for cron.
 CELERY_BEAT_SCHEDULE = {
     "export-watchdog": {
         "task": "{{ cookiecutter.project_slug }}.exports.tasks.export_watchdog",
         "schedule": crontab(),  # every minute
-        "options": {"expires": 50},
+        "options": {"queue": "default", "expire_seconds": 50},
+    },
+    "queue-latency-probe": {
+        "task": "{{ cookiecutter.project_slug }}.core.tasks.dispatch_latency_probes",
+        "schedule": crontab(),  # every minute
+        "options": {"queue": "default", "expire_seconds": 50},
+    },
+    "payment-reconciliation": {
+        "task": "{{ cookiecutter.project_slug }}.payments.tasks.reconcile_stuck_payments",
+        "schedule": crontab(minute="*/5"),
+        "options": {"queue": "default", "expire_seconds": 240},
+    },
+    "expired-export-cleanup": {
+        "task": "{{ cookiecutter.project_slug }}.exports.tasks.cleanup_expired_exports",
+        "schedule": crontab(hour=3, minute=30),
+        "options": {"queue": "low", "expire_seconds": 3600},
     },
 }

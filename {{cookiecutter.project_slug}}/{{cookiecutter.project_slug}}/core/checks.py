@@ -130,3 +130,35 @@ def check_pools(app_configs, **kwargs):
             )
         )
     return errors
+
+
+@checks.register(TAG)
+def check_beat_schedule(app_configs, **kwargs):
+    """Every beat entry names a declared queue and expires; every queue has an SLA."""
+    from django.conf import settings
+
+    errors = []
+    for name, entry in settings.CELERY_BEAT_SCHEDULE.items():
+        options = entry.get("options", {})
+        if options.get("queue") not in topology.QUEUES:
+            errors.append(
+                checks.Error(
+                    f"Beat entry {name!r} does not name a declared queue.",
+                    hint=f"Set the entry's options['queue'] to one of {', '.join(topology.QUEUES)}.",
+                    id="topology.E009",
+                )
+            )
+        if not options.get("expire_seconds"):
+            errors.append(
+                checks.Error(
+                    f"Beat entry {name!r} has no expire_seconds: runs missed during an outage would pile up.",
+                    hint="Add options['expire_seconds'] below the interval (django-celery-beat ignores 'expires').",
+                    id="topology.E010",
+                )
+            )
+    for queue in topology.QUEUES:
+        if queue not in topology.SLA_SECONDS:
+            errors.append(
+                checks.Error(f"Queue {queue!r} has no SLA.", hint="Add it to SLA_SECONDS.", id="topology.E011")
+            )
+    return errors

@@ -56,6 +56,13 @@ class BaseTask(DjangoTask):
             duration,
             status.lower(),
         )
+        if not self.request.is_eager:
+            try:
+                from .metrics import record_task
+
+                record_task(self.name, status.lower(), duration)
+            except Exception:
+                logger.warning("could not record metrics for %s", self.name, exc_info=True)
 
     def on_failure(self, exc, task_id, args, kwargs, einfo):
         """Called once a task has failed for good: write the dead-letter record."""

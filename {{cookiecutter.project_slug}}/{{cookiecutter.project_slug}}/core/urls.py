@@ -1,7 +1,9 @@
 from django.urls import path
 
 from . import views
+from .metrics import metrics_view
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("metrics", metrics_view, name="metrics"),
 ]

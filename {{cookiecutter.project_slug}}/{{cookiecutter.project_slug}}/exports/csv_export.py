@@ -305,11 +305,11 @@ class ExportRunner:
             default_storage.delete(name)
             raise
         ExportJob.release(job.pk, self.owner)
-        self._delete_parts(job)
+        self.delete_parts(job)
         return job
 
     @staticmethod
-    def _delete_parts(job: ExportJob) -> None:
+    def delete_parts(job: ExportJob) -> None:
         """Remove every part of the job, including tails of runners that died."""
         directory = f"exports/{job.pk}"
         try:

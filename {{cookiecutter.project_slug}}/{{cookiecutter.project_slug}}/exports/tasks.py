@@ -2,11 +2,14 @@ import logging
 import os
 import signal
 from contextlib import contextmanager
+from datetime import timedelta
 
 from billiard.common import TERM_SIGNAL
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
+from django.utils import timezone
 
 from .csv_export import ExportRunner, LeaseLost
 from .models import ExportJob
@@ -89,7 +92,7 @@ def generate_csv_export(self, export_job_id: int) -> str:
 
 
 @shared_task
-def export_watchdog() -> list[int]:
+def export_watchdog(dry_run: bool = False) -> list[int]:
     """Re-dispatch exports whose runner died (its lease expired). Run every minute by beat.
 
     With Redis, a SIGKILLed worker's message only comes back after the visibility
@@ -97,7 +100,23 @@ def export_watchdog() -> list[int]:
     A duplicate dispatch is harmless: only one runner gets the lease.
     """
     stale = list(ExportJob.stale().values_list("pk", flat=True))
-    for pk in stale:
+    for pk in [] if dry_run else stale:
         logger.warning("export watchdog: job %s has no live runner, re-dispatching", pk)
         generate_csv_export.delay(pk)
     return stale
+
+
+@shared_task
+def cleanup_expired_exports(dry_run: bool = False) -> list[int]:
+    """Delete exports (and their files) older than EXPORT_RETENTION_DAYS. Beat, daily, on "low"."""
+    cutoff = timezone.now() - timedelta(days=settings.EXPORT_RETENTION_DAYS)
+    expired = ExportJob.objects.filter(created_at__lt=cutoff)
+    ids = list(expired.values_list("pk", flat=True))
+    if not dry_run:
+        for job in expired:
+            if job.file:
+                job.file.delete(save=False)
+            ExportRunner.delete_parts(job)
+            job.delete()
+        logger.info("export cleanup: deleted %s jobs older than %s", len(ids), cutoff)
+    return ids

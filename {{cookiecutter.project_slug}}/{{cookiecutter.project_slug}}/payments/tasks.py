@@ -1,7 +1,10 @@
 import logging
+from datetime import timedelta
 
 from celery import shared_task
+from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from .models import Order
 from .providers import CardDeclined, ProviderTimeout, ProviderUnavailable, get_provider
@@ -74,3 +77,21 @@ def process_payment(self, order_id: int) -> str:
         order.save(update_fields=["status", "charge_id", "paid_at", "updated_at"])
     logger.info("payment: order %s paid with %s", order_id, charge.id)
     return "paid"
+
+
+@shared_task
+def reconcile_stuck_payments(dry_run: bool = False) -> list[int]:
+    """Re-dispatch payments stuck in PROCESSING (beat, every 5 minutes).
+
+    An order stays PROCESSING when its worker died and the message is waiting out
+    the visibility timeout, or when the last retry failed. Sending the payment
+    again is safe: the idempotency key makes the provider return the earlier
+    charge if there was one.
+    """
+    cutoff = timezone.now() - timedelta(minutes=settings.PAYMENT_STUCK_AFTER_MINUTES)
+    stuck = Order.objects.filter(status=Order.Status.PROCESSING, updated_at__lt=cutoff)
+    stuck = list(stuck.values_list("pk", flat=True))
+    for pk in [] if dry_run else stuck:
+        logger.warning("payment reconciliation: order %s stuck in processing, re-dispatching", pk)
+        process_payment.delay(pk)
+    return stuck

@@ -76,3 +76,11 @@ def test_visibility_timeout_exceeds_every_hard_limit():
 def test_retry_backoff_longer_than_visibility_timeout_fails_the_check(settings):
     settings.TASK_RETRY_POLICY = settings.TASK_RETRY_POLICY | {"retry_backoff_max": topology.VISIBILITY_TIMEOUT}
     assert ids(check_pools(None)) == {"topology.E008"}
+
+
+def test_beat_entry_without_queue_or_expires_fails_the_check(settings):
+    from ..checks import check_beat_schedule
+
+    assert check_beat_schedule(None) == []
+    settings.CELERY_BEAT_SCHEDULE = {"nightly": {"task": "x", "schedule": 60, "options": {}}}
+    assert ids(check_beat_schedule(None)) == {"topology.E009", "topology.E010"}

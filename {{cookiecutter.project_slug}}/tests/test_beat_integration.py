@@ -1,0 +1,71 @@
+"""Beat from the Procfile: schedules declared in code land in the database and fire.
+
+The queue-latency canary runs every minute; within its interval every queue has
+a latency sample, measured on the pool that consumes it, and /metrics shows them.
+"""
+
+import base64
+import time
+
+import pytest
+from django_celery_beat.models import PeriodicTask
+
+from {{ cookiecutter.project_slug }}.core import metrics
+
+from .conftest import ROOT, start_process, stop_processes
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def beat(live_celery, tmp_path):
+    # A stale pid file from a crashed beat must not stop the next one (beat here
+    # runs without a pid file: compose guarantees there is only one).
+    stale_pid = ROOT / "celerybeat.pid"
+    stale_pid.write_text("999999\n")
+    metrics.store().delete(metrics.LATENCY)
+    log = tmp_path / "beat.log"
+    process = start_process("beat", live_celery.env, log)
+    yield process, log
+    stop_processes([process])
+    stale_pid.unlink(missing_ok=True)
+
+
+def wait_for(predicate, timeout, message):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(0.5)
+    return value
+
+
+def test_schedules_are_synced_and_the_canary_fires_within_its_interval(beat, client, settings):
+    from config import topology
+
+    process, log = beat
+
+    def synced():
+        return set(settings.CELERY_BEAT_SCHEDULE) <= set(PeriodicTask.objects.values_list("name", flat=True))
+
+    wait_for(synced, 30, "the schedule in the database")
+    for name, entry in settings.CELERY_BEAT_SCHEDULE.items():
+        row = PeriodicTask.objects.get(name=name)
+        assert (row.task, row.queue, row.expire_seconds) == (
+            entry["task"],
+            entry["options"]["queue"],
+            entry["options"]["expire_seconds"],
+        )
+
+    # crontab() fires at the next minute boundary: at most 60 s, plus the run.
+    samples = wait_for(lambda: set(metrics.latencies()) >= set(topology.QUEUES) and metrics.latencies(), 90,
+                       "a latency sample from every queue")  # fmt: skip
+    assert process.poll() is None, log.read_text()
+    assert all(0 <= seconds < 30 for seconds in samples.values()), samples
+
+    settings.METRICS_BASIC_AUTH = "prometheus:secret"
+    auth = "Basic " + base64.b64encode(b"prometheus:secret").decode()
+    body = client.get("/metrics", HTTP_AUTHORIZATION=auth).content.decode()
+    for queue in topology.QUEUES:
+        assert 'celery_queue_latency_seconds{queue="' + queue + '"}' in body
+    assert 'task="{{ cookiecutter.project_slug }}.core.tasks.probe_queue_latency"' in body

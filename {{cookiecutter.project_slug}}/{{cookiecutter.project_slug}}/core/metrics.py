@@ -1,0 +1,97 @@
+"""Task and queue metrics for Prometheus, kept in Redis so every process adds to them.
+
+Workers record each task run (BaseTask) and each canary sample (core/tasks.py);
+the web process exports them, with the current queue depths, at ``/metrics``
+(basic auth: METRICS_BASIC_AUTH). Series:
+
+    celery_queue_latency_seconds{queue}    last enqueue-to-start delay of the canary
+    celery_queue_sla_seconds{queue}        the SLA declared in config/topology.py
+    celery_queue_depth{queue}              messages waiting (Redis broker)
+    celery_task_runs_total{task,outcome}   runs by outcome (success, failure, retry)
+    celery_task_duration_seconds_total{task}  time spent running the task
+"""
+
+import base64
+import hmac
+import logging
+
+import redis
+from django.conf import settings
+from django.http import HttpResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from config import topology
+
+logger = logging.getLogger(__name__)
+
+RUNS, SECONDS, LATENCY = "metrics:task_runs", "metrics:task_seconds", "metrics:queue_latency"
+
+
+def store() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+
+
+def record_task(name: str, outcome: str, duration: float) -> None:
+    with store().pipeline() as pipe:
+        pipe.hincrby(RUNS, f"{name}|{outcome}", 1)
+        pipe.hincrbyfloat(SECONDS, name, duration)
+        pipe.execute()
+
+
+def record_latency(queue: str, seconds: float) -> None:
+    store().hset(LATENCY, queue, seconds)
+
+
+def latencies() -> dict[str, float]:
+    return {key.decode(): float(value) for key, value in store().hgetall(LATENCY).items()}
+
+
+class TaskQueueCollector:
+    def collect(self):
+        client = store()
+        latency = GaugeMetricFamily("celery_queue_latency_seconds", "Canary enqueue-to-start delay", labels=["queue"])
+        sla = GaugeMetricFamily("celery_queue_sla_seconds", "Declared wait SLA", labels=["queue"])
+        depth = GaugeMetricFamily("celery_queue_depth", "Messages waiting in the queue", labels=["queue"])
+        samples = latencies()
+        uses_redis = settings.CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
+        broker = redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=2) if uses_redis else None
+        for queue in topology.QUEUES:
+            if queue in samples:
+                latency.add_metric([queue], samples[queue])
+            sla.add_metric([queue], topology.SLA_SECONDS[queue])
+            if broker is not None:
+                depth.add_metric([queue], broker.llen(queue))
+        yield from (latency, sla, depth)
+
+        runs = CounterMetricFamily("celery_task_runs", "Task runs by outcome", labels=["task", "outcome"])
+        for key, value in client.hgetall(RUNS).items():
+            task, outcome = key.decode().rsplit("|", 1)
+            runs.add_metric([task, outcome], int(value))
+        seconds = CounterMetricFamily("celery_task_duration_seconds", "Time spent running tasks", labels=["task"])
+        for key, value in client.hgetall(SECONDS).items():
+            seconds.add_metric([key.decode()], float(value))
+        yield from (runs, seconds)
+
+
+def _authorized(request) -> bool:
+    expected = getattr(settings, "METRICS_BASIC_AUTH", "")
+    header = request.headers.get("Authorization", "")
+    if not expected or not header.startswith("Basic "):
+        return False
+    try:
+        given = base64.b64decode(header.removeprefix("Basic ")).decode()
+    except ValueError:
+        return False
+    return hmac.compare_digest(given, expected)
+
+
+def metrics_view(request):
+    """Prometheus scrape endpoint. Closed unless METRICS_BASIC_AUTH is set and given."""
+    if not _authorized(request):
+        response = HttpResponse("authentication required", status=401, content_type="text/plain")
+        response["WWW-Authenticate"] = 'Basic realm="metrics"'
+        return response
+    registry = CollectorRegistry()
+    registry.register(TaskQueueCollector())
+    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,95 @@
+"""Scheduled jobs as commands (the cron alternative), housekeeping tasks, and /metrics."""
+
+import base64
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import CommandError, call_command
+from django.utils import timezone
+
+from {{ cookiecutter.project_slug }}.exports.models import ExportJob
+from {{ cookiecutter.project_slug }}.exports.tasks import cleanup_expired_exports
+from {{ cookiecutter.project_slug }}.payments.models import Order
+from {{ cookiecutter.project_slug }}.payments.tasks import reconcile_stuck_payments
+
+from .. import metrics
+
+
+@pytest.fixture
+def user(db):
+    return get_user_model().objects.create_user("ada", "ada@example.com", "pw")
+
+
+def test_scheduled_lists_every_beat_entry(settings, capsys):
+    call_command("scheduled", "list")
+    out = capsys.readouterr().out
+    for name in settings.CELERY_BEAT_SCHEDULE:
+        assert name in out
+
+
+def test_scheduled_run_dry_run_changes_nothing(user, capsys):
+    old = ExportJob.objects.create(user=user)
+    ExportJob.objects.filter(pk=old.pk).update(created_at=timezone.now() - timedelta(days=30))
+
+    call_command("scheduled", "run", "expired-export-cleanup", "--dry-run")
+
+    assert f"would act on [{old.pk}]" in capsys.readouterr().out
+    assert ExportJob.objects.filter(pk=old.pk).exists()
+
+
+def test_scheduled_run_unknown_entry_is_an_error(db):
+    with pytest.raises(CommandError, match="no beat entry 'nightly'"):
+        call_command("scheduled", "run", "nightly")
+
+
+def test_cleanup_deletes_only_expired_exports(user, settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path
+    old, new = ExportJob.objects.create(user=user), ExportJob.objects.create(user=user)
+    expired = timezone.now() - timedelta(days=settings.EXPORT_RETENTION_DAYS + 1)
+    ExportJob.objects.filter(pk=old.pk).update(created_at=expired)
+
+    assert cleanup_expired_exports() == [old.pk]
+    assert list(ExportJob.objects.values_list("pk", flat=True)) == [new.pk]
+
+
+def test_reconciliation_redispatches_payments_stuck_in_processing(user):
+    stuck = Order.objects.create(user=user, amount_cents=100, status=Order.Status.PROCESSING)
+    Order.objects.filter(pk=stuck.pk).update(updated_at=timezone.now() - timedelta(hours=1))
+    fresh = Order.objects.create(user=user, amount_cents=100, status=Order.Status.PROCESSING)
+
+    assert reconcile_stuck_payments() == [stuck.pk]  # and pays it (eager here)
+
+    stuck.refresh_from_db()
+    fresh.refresh_from_db()
+    assert stuck.status == Order.Status.PAID
+    assert fresh.status == Order.Status.PROCESSING
+
+
+def basic(credentials: str) -> str:
+    return "Basic " + base64.b64encode(credentials.encode()).decode()
+
+
+def test_metrics_need_credentials(client, settings):
+    settings.METRICS_BASIC_AUTH = "prometheus:secret"
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", HTTP_AUTHORIZATION=basic("prometheus:wrong")).status_code == 401
+    settings.METRICS_BASIC_AUTH = ""  # unset: closed to everyone
+    assert client.get("/metrics", HTTP_AUTHORIZATION=basic(":")).status_code == 401
+
+
+def test_metrics_export_latency_sla_and_task_outcomes(client, settings):
+    settings.METRICS_BASIC_AUTH = "prometheus:secret"
+    store = metrics.store()
+    store.delete(metrics.RUNS, metrics.SECONDS, metrics.LATENCY)
+    metrics.record_latency("high", 0.25)
+    metrics.record_task("demo.tasks.example", "success", 0.5)
+
+    response = client.get("/metrics", HTTP_AUTHORIZATION=basic("prometheus:secret"))
+
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert 'celery_queue_latency_seconds{queue="high"} 0.25' in body
+    assert 'celery_queue_sla_seconds{queue="high"} 1.0' in body
+    assert 'celery_queue_depth{queue="export"}' in body
+    assert 'celery_task_runs_total{outcome="success",task="demo.tasks.example"} 1.0' in body
