@@ -93,3 +93,17 @@ def test_metrics_export_latency_sla_and_task_outcomes(client, settings):
     assert 'celery_queue_sla_seconds{queue="high"} 1.0' in body
     assert 'celery_queue_depth{queue="export"}' in body
     assert 'celery_task_runs_total{outcome="success",task="demo.tasks.example"} 1.0' in body
+
+
+def test_canary_logs_an_error_when_a_queue_breaches_its_sla(caplog):
+    import time
+
+    from ..tasks import probe_queue_latency
+
+    metrics.store().delete(metrics.LATENCY)
+    waited = probe_queue_latency("high", time.time() - 5)  # sent 5 s ago; the SLA is 1 s
+
+    assert waited >= 5
+    assert metrics.latencies()["high"] >= 5
+    assert "queue high breached its SLA" in caplog.text
+    assert any(record.levelname == "ERROR" for record in caplog.records)
