@@ -153,3 +153,22 @@ def test_password_reset_request_delivered_twice_sends_one_email(live_celery, use
     assert outcomes == ["already-sent"] * 3 + ["sent"]
     request.refresh_from_db()
     assert request.sent_at is not None
+
+
+def test_sigterm_lets_a_running_payment_finish(live_celery, user, sandbox):
+    """A deploy's SIGTERM: the high pool's soft shutdown lets the running task complete."""
+    import signal
+
+    order = Order.objects.create(user=user, amount_cents=999)
+    sandbox.plan(order.idempotency_key, "slow:3")
+    result = process_payment.delay(order.pk)
+    wait_until(lambda: Order.objects.filter(pk=order.pk, status=Order.Status.PROCESSING).exists(),
+               message="the payment to start")  # fmt: skip
+
+    try:
+        # Celery's soft shutdown waits out the pool's soft_shutdown_timeout (30 s) before exiting.
+        live_celery.kill("worker-high", signal.SIGTERM, timeout=90)
+        assert result.get(timeout=5) == "paid"  # finished during the shutdown, not cancelled
+    finally:
+        live_celery.restart("worker-high")
+    assert SandboxCharge.objects.count() == 1
