@@ -38,6 +38,16 @@ def procfile() -> dict[str, str]:
     }
 
 
+def wait_for(predicate, timeout: float = 60, message: str = "condition", interval: float = 0.1):
+    """Poll ``predicate`` until it returns something truthy; return that, or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+    return value
+
+
 def _missing(reason: str):
     if os.environ.get("CI"):
         pytest.fail(f"integration infrastructure missing in CI: {reason}", pytrace=False)

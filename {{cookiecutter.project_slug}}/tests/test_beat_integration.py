@@ -5,14 +5,13 @@ a latency sample, measured on the pool that consumes it, and /metrics shows them
 """
 
 import base64
-import time
 
 import pytest
 from django_celery_beat.models import PeriodicTask
 
 from {{ cookiecutter.project_slug }}.core import metrics
 
-from .conftest import ROOT, start_process, stop_processes
+from .conftest import ROOT, start_process, stop_processes, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -29,15 +28,6 @@ def beat(live_celery, tmp_path):
     yield process, log
     stop_processes([process])
     stale_pid.unlink(missing_ok=True)
-
-
-def wait_for(predicate, timeout, message):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(0.5)
-    return value
 
 
 def test_schedules_are_synced_and_the_canary_fires_within_its_interval(beat, client, settings):

@@ -5,7 +5,6 @@ rows, having resumed from its checkpoint rather than starting over.
 """
 
 import signal
-import time
 
 import pytest
 from django.core.management import call_command
@@ -13,6 +12,8 @@ from django.core.management import call_command
 from {{ cookiecutter.project_slug }}.exports.csv_export import ExportRunner
 from {{ cookiecutter.project_slug }}.exports.models import ExportJob
 from {{ cookiecutter.project_slug }}.exports.tasks import export_watchdog, generate_csv_export
+
+from .conftest import wait_for
 
 pytestmark = pytest.mark.integration
 ROWS = 25_000  # 50 batches of 500, about 10 s on the throttled export pool
@@ -33,15 +34,6 @@ def clean_export(user) -> bytes:
     assert ExportJob.claim(job.pk, runner.owner)
     with runner.run().file.open("rb") as handle:
         return handle.read()
-
-
-def wait_for(predicate, timeout=120, message="condition"):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(0.05)
-    return value
 
 
 def progress(job) -> float:

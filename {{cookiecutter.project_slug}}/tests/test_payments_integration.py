@@ -7,7 +7,6 @@ backoff across processes, the dead letter, and dispatch after commit.
 
 import os
 import signal
-import time
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -20,6 +19,8 @@ from {{ cookiecutter.project_slug }}.payments.tasks import process_payment
 from {{ cookiecutter.project_slug }}.users.models import PasswordResetRequest
 from {{ cookiecutter.project_slug }}.users.tasks import send_password_reset_email
 
+from .conftest import wait_for
+
 pytestmark = pytest.mark.integration
 app = process_payment.app
 TIMEOUT = 60
@@ -28,14 +29,6 @@ TIMEOUT = 60
 @pytest.fixture
 def user():
     return get_user_model().objects.create_user("ada", "ada@example.com", "pw")
-
-
-def wait_until(predicate, timeout=TIMEOUT, message="condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(0.1)
 
 
 def test_32_concurrent_deliveries_of_two_orders_charge_exactly_twice(live_celery, user, sandbox):
@@ -60,7 +53,7 @@ def test_worker_killed_after_the_charge_and_before_the_commit_charges_once(live_
     sandbox.plan(order.idempotency_key, "hang_after_charge:30")
 
     result = process_payment.delay(order.pk)
-    wait_until(lambda: SandboxCharge.objects.filter(idempotency_key=str(order.idempotency_key)).exists(),
+    wait_for(lambda: SandboxCharge.objects.filter(idempotency_key=str(order.idempotency_key)).exists(),
                message="the provider to charge")  # fmt: skip
     host = live_celery.hostname("worker-high")
     active = app.control.inspect(destination=[host], timeout=2.0).active()[host]
@@ -106,7 +99,7 @@ def test_exhausted_retries_leave_a_failed_task_that_replays(live_celery, user, s
         result.get(timeout=TIMEOUT)
 
     # The result is stored first, then on_failure writes the dead letter.
-    wait_until(FailedTask.objects.exists, message="the FailedTask row")
+    wait_for(FailedTask.objects.exists, message="the FailedTask row")
     failed = FailedTask.objects.get()
     assert (failed.task_name, failed.args, failed.queue) == (process_payment.name, [order.pk], "high")
     assert failed.retries == settings.TASK_RETRY_POLICY["max_retries"]
@@ -139,7 +132,7 @@ def test_checkout_dispatches_after_commit_so_the_worker_always_finds_the_order(l
         response = client.post(reverse("payments:checkout"), {"amount_cents": 2500, "currency": "EUR"})
         assert response.status_code == 302
 
-    wait_until(lambda: Order.objects.filter(status=Order.Status.PAID).count() == 10, message="10 paid orders")
+    wait_for(lambda: Order.objects.filter(status=Order.Status.PAID).count() == 10, message="10 paid orders")
     assert SandboxCharge.objects.count() == 10
     assert "does not exist" not in live_celery.log("worker-high")[log_start:]
 
@@ -162,7 +155,7 @@ def test_sigterm_lets_a_running_payment_finish(live_celery, user, sandbox):
     order = Order.objects.create(user=user, amount_cents=999)
     sandbox.plan(order.idempotency_key, "slow:3")
     result = process_payment.delay(order.pk)
-    wait_until(lambda: Order.objects.filter(pk=order.pk, status=Order.Status.PROCESSING).exists(),
+    wait_for(lambda: Order.objects.filter(pk=order.pk, status=Order.Status.PROCESSING).exists(),
                message="the payment to start")  # fmt: skip
 
     try:
