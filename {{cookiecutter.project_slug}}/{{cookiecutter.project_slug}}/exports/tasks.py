@@ -1,6 +1,7 @@
 import logging
 import os
 import signal
+import threading
 from contextlib import contextmanager
 from datetime import timedelta
 
@@ -45,6 +46,9 @@ def hand_back_on_termination(job_id: int, owner: str):
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
 
+    if threading.current_thread() is not threading.main_thread():
+        yield  # run eagerly from a thread (e.g. a dev server): no signals to catch
+        return
     # The signal billiard uses to terminate a job: SIGTERM, or SIGQUIT when
     # REMAP_SIGTERM=SIGQUIT (which config/worker.py sets).
     previous = signal.signal(TERM_SIGNAL, release_and_die)

@@ -250,3 +250,16 @@ def test_watchdog_runs_every_minute_on_the_default_pool(settings):
     assert entry["task"] == export_watchdog.name
     assert str(entry["schedule"]) == str(timezone.timedelta(minutes=1)) or entry["schedule"].minute == set(range(60))
     assert app.amqp.router.route({}, export_watchdog.name)["queue"].name == "default"
+
+
+def test_export_runs_eagerly_from_a_thread(transactional_db, user):
+    """Eager mode under a threaded dev server: no signal handlers outside the main thread."""
+    import threading
+
+    add_rows(user)
+    job = ExportJob.objects.create(user=user)
+    outcome = []
+    thread = threading.Thread(target=lambda: outcome.append(generate_csv_export(job.pk)))
+    thread.start()
+    thread.join()
+    assert outcome == ["completed"]
