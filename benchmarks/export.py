@@ -20,23 +20,17 @@ Prints a table. Needs Postgres and Redis on 127.0.0.1. Not part of the test suit
 import argparse
 import json
 import os
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-from cookiecutter.main import cookiecutter
+from baked import Baked, baked_project
 
-TEMPLATE = Path(__file__).resolve().parent.parent
 DATABASE = "blueprint_bench"
 DATABASE_URL = f"postgres://postgres@127.0.0.1:5432/{DATABASE}"
-REDIS_URL = "redis://127.0.0.1:6379/9"
 
 PLAIN_COPY = """
-import time, psycopg
+import json, time, psycopg
 from django.conf import settings
 from django.contrib.auth import get_user_model
 uid = get_user_model().objects.get(username="demo").pk
@@ -46,11 +40,11 @@ with psycopg.connect(%(dsn)r) as conn, conn.cursor() as cur:
     with cur.copy(sql, [uid]) as copy:
         for chunk in copy:
             size += len(chunk)
-    print({"seconds": time.perf_counter() - start, "bytes": size})
+    print(json.dumps({"seconds": time.perf_counter() - start, "bytes": size}))
 """
 
 ARTICLE = """
-import csv, io, resource, tempfile, time
+import csv, io, json, resource, tempfile, time
 from django.contrib.auth import get_user_model
 from {slug}.exports.models import Transaction
 user = get_user_model().objects.get(username="demo")
@@ -64,10 +58,11 @@ for transaction in queryset[offset:].iterator(chunk_size=batch_size):
     offset += 1
 with tempfile.TemporaryFile("w") as upload:  # "upload_to_storage(..., buffer.getvalue())"
     upload.write(buffer.getvalue())
-print({{"seconds": time.perf_counter() - start, "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}})
+print(json.dumps({{"seconds": time.perf_counter() - start, "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}))
 """
 
 OURS = """
+import json
 from {slug}.exports.models import ExportJob
 from {slug}.exports.tasks import generate_csv_export
 from django.contrib.auth import get_user_model
@@ -75,17 +70,13 @@ job = ExportJob.objects.create(user=get_user_model().objects.get(username="demo"
 result = generate_csv_export.delay(job.pk)
 print(result.get(timeout=1800))
 job.refresh_from_db()
-print({{"seconds": (job.finished_at - job.started_at).total_seconds(), "rows": job.processed_rows,
-        "bytes": job.bytes_written}})
+print(json.dumps({{"seconds": (job.finished_at - job.started_at).total_seconds(), "rows": job.processed_rows,
+                  "bytes": job.bytes_written}}))
 """
 
 
-def sh(args, cwd, env, **kwargs):
-    return subprocess.run(args, cwd=cwd, env=env, check=True, text=True, capture_output=True, **kwargs)
-
-
 def last_dict(output: str) -> dict:
-    return eval(output.strip().splitlines()[-1])  # noqa: S307 (our own subprocess' printed dict)
+    return json.loads(output.strip().splitlines()[-1])
 
 
 def vmhwm_kb(pid: int) -> int:
@@ -95,32 +86,27 @@ def vmhwm_kb(pid: int) -> int:
     return 0
 
 
-def measure(project: Path, env: dict, slug: str, rows: int, skip_article: bool) -> dict:
+def measure(project: Baked, rows: int, skip_article: bool) -> dict:
     seed = time.perf_counter()
-    sh(["python", "manage.py", "flush", "--no-input"], project, env)
-    sh(["python", "manage.py", "seed_demo_data", "--transactions", str(rows), "--orders", "0"], project, env)
+    project.sh("python", "manage.py", "flush", "--no-input")
+    project.sh("python", "manage.py", "seed_demo_data", "--transactions", str(rows), "--orders", "0")
     seeded = time.perf_counter() - seed
-    sh(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", DATABASE, "-qc", "VACUUM ANALYZE exports_transaction"],
-       project, env)  # fmt: skip
+    project.sh("psql", "-h", "127.0.0.1", "-U", "postgres", "-d", DATABASE, "-qc", "VACUUM ANALYZE exports_transaction")
     figures = {"rows": rows, "seed_seconds": seeded}
 
-    copy = last_dict(sh(["python", "manage.py", "shell", "-c", PLAIN_COPY % {"dsn": DATABASE_URL}], project, env).stdout)
+    copy = last_dict(project.sh("python", "manage.py", "shell", "-c", PLAIN_COPY % {"dsn": DATABASE_URL}).stdout)
     figures["copy"] = {"rows_per_second": rows / copy["seconds"], "seconds": copy["seconds"]}
 
-    worker = subprocess.Popen(
-        ["python", "-m", "config.worker", "worker-export"], cwd=project, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+    worker = project.popen("python", "-m", "config.worker", "worker-export")
     try:
         time.sleep(1)
         pool_pids = []
         deadline = time.monotonic() + 60
         while not pool_pids and time.monotonic() < deadline:
             inspect = "from config.celery_app import app; import json; print(json.dumps(app.control.inspect(timeout=1).stats()))"
-            stats = json.loads(sh(["python", "-c", inspect], project, env).stdout or "null") or {}
+            stats = json.loads(project.sh("python", "-c", inspect).stdout or "null") or {}
             pool_pids = [pid for node in stats.values() for pid in node["pool"]["processes"]]
-        ours = sh(["python", "manage.py", "shell", "-c", OURS.format(slug=slug)], project, env).stdout
-        result = last_dict(ours)
+        result = last_dict(project.sh("python", "manage.py", "shell", "-c", OURS.format(slug=project.slug)).stdout)
         figures["ours"] = {
             "rows_per_second": rows / result["seconds"],
             "seconds": result["seconds"],
@@ -133,7 +119,7 @@ def measure(project: Path, env: dict, slug: str, rows: int, skip_article: bool) 
         worker.wait(timeout=60)
 
     if not skip_article:
-        article = last_dict(sh(["python", "manage.py", "shell", "-c", ARTICLE.format(slug=slug)], project, env).stdout)
+        article = last_dict(project.sh("python", "manage.py", "shell", "-c", ARTICLE.format(slug=project.slug)).stdout)
         figures["article"] = {
             "rows_per_second": rows / article["seconds"],
             "seconds": article["seconds"],
@@ -148,27 +134,8 @@ def main() -> None:
     parser.add_argument("--skip-article", action="store_true", help="skip the slow in-memory pattern")
     options = parser.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="blueprint-bench-"))
-    project = Path(cookiecutter(str(TEMPLATE), no_input=True, output_dir=str(workdir)))
-    slug = project.name
-    env = os.environ | {
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "DATABASE_URL": DATABASE_URL,
-        "REDIS_URL": REDIS_URL,
-        "DJANGO_SETTINGS_MODULE": "config.settings.local",
-        "CELERY_WORKER_AUTORELOAD": "0",
-        "DJANGO_MEDIA_ROOT": str(workdir / "media"),
-        "CELERY_LOG_LEVEL": "WARNING",
-    }
-    subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", DATABASE], check=True)
-    subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", DATABASE], check=True)
-    try:
-        sh(["python", "manage.py", "migrate", "--no-input"], project, env)
-        sh(["python", "-m", "celery", "-A", "config.celery_app", "purge", "-f"], project, env)
-        results = [measure(project, env, slug, rows, options.skip_article) for rows in options.rows]
-    finally:
-        subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", DATABASE], check=False)
-        shutil.rmtree(workdir, ignore_errors=True)
+    with baked_project(DATABASE, redis_db=9) as project:
+        results = [measure(project, rows, options.skip_article) for rows in options.rows]
 
     print(f"\nCSV export, {os.cpu_count()} cores, local Postgres (batch 100,000 rows)\n")
     print(f"{'rows':>10} {'what':<28} {'seconds':>8} {'rows/s':>10} {'% of COPY':>10} {'peak RSS':>10}")

@@ -16,23 +16,13 @@ task-started events) is reported as p50 / p95 / max. Not part of the test suite.
 """
 
 import argparse
+import json
 import os
-import shutil
 import signal
 import statistics
-import subprocess
-import sys
-import tempfile
-import threading
 import time
-from pathlib import Path
 
-from cookiecutter.main import cookiecutter
-
-TEMPLATE = Path(__file__).resolve().parent.parent
-DATABASE = "blueprint_isolation"
-DATABASE_URL = f"postgres://postgres@127.0.0.1:5432/{DATABASE}"
-REDIS_URL = "redis://127.0.0.1:6379/10"
+from baked import Baked, baked_project
 
 LOAD = """
 import json, sys, threading, time
@@ -70,41 +60,22 @@ print(json.dumps({{"waits": waits, "missing": len(sent) - len(waits)}}))
 """
 
 
-def sh(args, cwd, env, **kwargs):
-    return subprocess.run(args, cwd=cwd, env=env, check=True, text=True, capture_output=True, **kwargs)
-
-
-def start(commands, cwd, env):
-    return [
-        subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True)  # fmt: skip
-        for command in commands
-    ]
-
-
-def stop(processes):
-    for process in processes:
-        os.killpg(process.pid, signal.SIGKILL)  # a benchmark: no need to wait for soft shutdowns
-        process.wait()
-
-
-def run_load(project, env, slug, commands, exports, resets):
-    sh(["python", "-m", "celery", "-A", "config.celery_app", "purge", "-f"], project, env)
-    workers = start(commands, project, env)
+def run_load(project: Baked, worker_commands, exports, resets) -> dict:
+    project.sh("python", "-m", "celery", "-A", "config.celery_app", "purge", "-f")
+    workers = [project.popen(*command) for command in worker_commands]
     try:
         time.sleep(8)  # workers up
-        code = LOAD.format(slug=slug, exports=exports, resets=resets)
-        result = sh(["python", "manage.py", "shell", "-c", code], project, env, timeout=900)
-        import json
-
-        return json.loads(result.stdout.strip().splitlines()[-1])
+        code = LOAD.format(slug=project.slug, exports=exports, resets=resets)
+        return json.loads(project.sh("python", "manage.py", "shell", "-c", code, timeout=900).stdout.splitlines()[-1])
     finally:
-        stop(workers)
+        for worker in workers:
+            os.killpg(worker.pid, signal.SIGKILL)  # a benchmark: no need to wait for soft shutdowns
+            worker.wait()
 
 
 def percentile(values, q):
     ordered = sorted(values)
-    return ordered[min(int(round(q * (len(ordered) - 1))), len(ordered) - 1)]
+    return ordered[min(round(q * (len(ordered) - 1)), len(ordered) - 1)]
 
 
 def main() -> None:
@@ -114,37 +85,21 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=300_000, help="rows per export")
     options = parser.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="blueprint-isolation-"))
-    project = Path(cookiecutter(str(TEMPLATE), no_input=True, output_dir=str(workdir)))
-    env = os.environ | {
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "DATABASE_URL": DATABASE_URL,
-        "REDIS_URL": REDIS_URL,
-        "DJANGO_SETTINGS_MODULE": "config.settings.local",
-        "CELERY_WORKER_AUTORELOAD": "0",
-        "DJANGO_MEDIA_ROOT": str(workdir / "media"),
+    slow_exports = {
         "DJANGO_EMAIL_BACKEND": "django.core.mail.backends.locmem.EmailBackend",
-        "CELERY_LOG_LEVEL": "WARNING",
         # Make each export a long one (about 10 s per 100k rows) without a huge table.
         "EXPORT_BATCH_SIZE": "20000",
         "EXPORT_THROTTLE_SECONDS": "2",
     }
-    subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", DATABASE], check=True)
-    subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", DATABASE], check=True)
-    try:
-        sh(["python", "manage.py", "migrate", "--no-input"], project, env)
-        sh(["python", "manage.py", "seed_demo_data", "--transactions", str(options.rows), "--orders", "0"],
-           project, env)  # fmt: skip
-        ours = [["python", "-m", "config.worker", pool] for pool in ("worker-high", "worker-default", "worker-export")]
-        shared = [["python", "-m", "celery", "--app=config.celery_app", "worker", "--queues=high,default,low,export",
-                   "--hostname=shared@%h", "--prefetch-multiplier=4", "--", "task.acks_late=false"]]  # fmt: skip
+    with baked_project("blueprint_isolation", redis_db=10, **slow_exports) as project:
+        project.sh("python", "manage.py", "seed_demo_data", "--transactions", str(options.rows), "--orders", "0")
+        ours = [("python", "-m", "config.worker", pool) for pool in ("worker-high", "worker-default", "worker-export")]
+        shared = [("python", "-m", "celery", "--app=config.celery_app", "worker", "--queues=high,default,low,export",
+                   "--hostname=shared@%h", "--prefetch-multiplier=4", "--", "task.acks_late=false")]  # fmt: skip
         results = {
-            "ours (3 pools)": run_load(project, env, project.name, ours, options.exports, options.resets),
-            "shared pool (defaults)": run_load(project, env, project.name, shared, options.exports, options.resets),
+            "ours (3 pools)": run_load(project, ours, options.exports, options.resets),
+            "shared pool (defaults)": run_load(project, shared, options.exports, options.resets),
         }
-    finally:
-        subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", DATABASE], check=False)
-        shutil.rmtree(workdir, ignore_errors=True)
 
     print(f"\nPassword-reset wait (enqueue to start) while {options.exports} long exports run, "
           f"{options.resets} resets, {os.cpu_count()} cores\n")  # fmt: skip

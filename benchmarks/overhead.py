@@ -12,18 +12,10 @@ Not part of the test suite.
 import argparse
 import json
 import os
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-from cookiecutter.main import cookiecutter
-
-TEMPLATE = Path(__file__).resolve().parent.parent
-DATABASE = "blueprint_overhead"
+from baked import baked_project
 
 LOAD = """
 import json, statistics, time
@@ -50,38 +42,15 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=2000)
     options = parser.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="blueprint-overhead-"))
-    project = Path(cookiecutter(str(TEMPLATE), no_input=True, output_dir=str(workdir)))
-    env = os.environ | {
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DATABASE}",
-        "REDIS_URL": "redis://127.0.0.1:6379/11",
-        "DJANGO_SETTINGS_MODULE": "config.settings.local",
-        "CELERY_WORKER_AUTORELOAD": "0",
-        "CELERY_LOG_LEVEL": "WARNING",
-        "DJANGO_LOG_LEVEL": "ERROR",
-    }
-
-    def sh(*args, **kwargs):
-        return subprocess.run(args, cwd=project, env=env, check=True, text=True, capture_output=True, **kwargs)
-
-    subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", DATABASE], check=True)
-    subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", DATABASE], check=True)
-    worker = None
-    try:
-        sh("python", "manage.py", "migrate", "--no-input")
-        sh("python", "-m", "celery", "-A", "config.celery_app", "purge", "-f")
-        worker = subprocess.Popen(["python", "-m", "config.worker", "worker-high"], cwd=project, env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-        time.sleep(8)
-        code = LOAD.format(slug=project.name, round_trips=options.round_trips, burst=options.burst)
-        result = json.loads(sh("python", "manage.py", "shell", "-c", code, timeout=900).stdout.strip().splitlines()[-1])
-    finally:
-        if worker:
+    with baked_project("blueprint_overhead", redis_db=11, DJANGO_LOG_LEVEL="ERROR") as project:
+        worker = project.popen("python", "-m", "config.worker", "worker-high")
+        try:
+            time.sleep(8)
+            code = LOAD.format(slug=project.slug, round_trips=options.round_trips, burst=options.burst)
+            result = json.loads(project.sh("python", "manage.py", "shell", "-c", code, timeout=900).stdout.splitlines()[-1])
+        finally:
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait()
-        subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", DATABASE], check=False)
-        shutil.rmtree(workdir, ignore_errors=True)
 
     rtts = sorted(result["rtts"])
     p50, p99 = rtts[len(rtts) // 2], rtts[min(int(len(rtts) * 0.99), len(rtts) - 1)]
