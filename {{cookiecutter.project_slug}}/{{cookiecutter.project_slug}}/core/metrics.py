@@ -14,7 +14,6 @@ the web process exports them, with the current queue depths, at ``/metrics``
 import base64
 import hmac
 import logging
-import os
 
 import redis
 from django.conf import settings
@@ -24,20 +23,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from config import topology
 
+from .redis_client import shared_redis
+
 logger = logging.getLogger(__name__)
 
 RUNS, SECONDS, LATENCY = "metrics:task_runs", "metrics:task_seconds", "metrics:queue_latency"
 
 
-_clients: dict[int, redis.Redis] = {}
-
-
-def store() -> redis.Redis:
-    """One client (and connection pool) per process: prefork children must not share sockets."""
-    pid = os.getpid()
-    if pid not in _clients:
-        _clients[pid] = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
-    return _clients[pid]
+store = shared_redis  # where the metrics live
 
 
 def record_task(name: str, outcome: str, duration: float) -> None:

@@ -20,6 +20,8 @@ import stripe
 from django.conf import settings
 from django.db import IntegrityError
 
+from {{ cookiecutter.project_slug }}.core.redis_client import shared_redis
+
 from .models import SandboxCharge
 
 
@@ -72,7 +74,7 @@ class SandboxProvider:
     PLAN_TTL = 3600
 
     def __init__(self, client: redis.Redis | None = None):
-        self.redis = client or redis.Redis.from_url(settings.REDIS_URL)
+        self.redis = client or shared_redis()
 
     @staticmethod
     def _plan_key(idempotency_key: str) -> str:
