@@ -38,6 +38,13 @@ def procfile() -> dict[str, str]:
     }
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def wait_for(predicate, timeout: float = 60, message: str = "condition", interval: float = 0.1):
     """Poll ``predicate`` until it returns something truthy; return that, or fail after ``timeout``."""
     deadline = time.monotonic() + timeout

@@ -10,15 +10,9 @@ import pytest
 
 from config.celery_app import app
 
-from .conftest import ROOT, _missing
+from .conftest import ROOT, _missing, free_port
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class ThrowawayRedis:

@@ -2,7 +2,6 @@
 
 import base64
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -11,18 +10,13 @@ import urllib.request
 
 import pytest
 
-from .conftest import ROOT, start_process, stop_processes
+from .conftest import ROOT, free_port, start_process, stop_processes, wait_for
 
 pytestmark = pytest.mark.integration
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, str]:
+    """(status, body); status 0 while nothing listens yet."""
     request = urllib.request.Request(url)  # noqa: S310 (a localhost URL built by the test)
     if auth:
         request.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
@@ -31,20 +25,8 @@ def get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, str]:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, ""
-
-
-def wait_for(check, timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = check()
-            if value:
-                return value
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {check.__doc__}")
-        time.sleep(0.5)
+    except OSError:  # connection refused: the process is still starting
+        return 0, ""
 
 
 @pytest.fixture
@@ -66,29 +48,24 @@ def native(worker_pools, tmp_path):
 
 def test_web_serves_the_home_page(native):
     def home():
-        """the home page"""
-        return get(native["web"] + "/")
+        response = get(native["web"] + "/")
+        return response if response[0] else None
 
-    status, body = wait_for(home)
+    status, body = wait_for(home, message="the home page")
     assert status == 200
     assert "worker-export" in body
 
 
 def test_flower_requires_auth_and_sees_every_pool(native, worker_pools):
-    def unauthenticated():
-        """flower to answer"""
-        return get(native["flower"] + "/api/workers")[0]
-
-    assert wait_for(unauthenticated) == 401
+    assert wait_for(lambda: get(native["flower"] + "/api/workers")[0], message="flower to answer") == 401
 
     def workers():
-        """flower to list all three pools"""
         status, body = get(native["flower"] + "/api/workers?refresh=1", auth=("operator", "s3cret"))
         names = set(json.loads(body)) if status == 200 else set()
         return names if names >= expected else None
 
     expected = {worker_pools.hostname(name) for name in worker_pools.processes}
-    assert wait_for(workers) >= expected
+    assert wait_for(workers, message="flower to list all three pools") >= expected
     # Flower's own /metrics lists task and worker names: behind the same auth (config/flower.py).
     assert get(native["flower"] + "/metrics")[0] == 401
     assert get(native["flower"] + "/metrics", auth=("operator", "s3cret"))[0] == 200
@@ -96,27 +73,16 @@ def test_flower_requires_auth_and_sees_every_pool(native, worker_pools):
 
 
 def test_beat_starts_with_the_database_scheduler(native):
-    def started():
-        """beat to start"""
-        return "DatabaseScheduler" in native["logs"]["beat"].read_text(errors="replace")
-
-    wait_for(started)
+    beat_log = native["logs"]["beat"]
+    wait_for(lambda: "DatabaseScheduler" in beat_log.read_text(errors="replace"), message="beat to start")
     time.sleep(2)
     assert native["processes"]["beat"].poll() is None, native["logs"]["beat"].read_text()
 
-    def healthy():
-        """beat's healthcheck to pass"""
-        return run_healthcheck("beat", native["env"]) == 0
-
-    wait_for(healthy)
+    wait_for(lambda: run_healthcheck("beat", native["env"]) == 0, message="beat's healthcheck to pass")
 
 
 def test_web_healthcheck_command(native):
-    def healthy():
-        """the web healthcheck to pass"""
-        return run_healthcheck("web", native["env"]) == 0
-
-    wait_for(healthy)
+    wait_for(lambda: run_healthcheck("web", native["env"]) == 0, message="the web healthcheck to pass")
 
 
 def run_healthcheck(process: str, env: dict) -> int:
