@@ -52,7 +52,12 @@ class LeaseLost(Exception):
 
 
 class StopRequested(Exception):
-    """The worker is shutting down: hand the job back at the next batch boundary."""
+    """The runner's ``should_stop()`` said so: it stopped at a batch boundary.
+
+    A cooperative stop (e.g. a user cancelling), not the shutdown path: on
+    shutdown the pool terminates the task, whose handler in tasks.py releases the
+    lease. Tests use it to interrupt a runner at a checkpoint.
+    """
 
 
 # ------------------------------------------------------------------------------
