@@ -29,6 +29,19 @@ ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT = 90
 
 
+def pytest_collection_modifyitems(items):
+    """A test that uses the worker pools needs the test database, even if it never queries it.
+
+    pytest-django creates the test database only for tests that ask for one; the
+    pools (and web, beat, flower next to them) connect to it all the same. Without
+    this, a file like test_native_processes.py run on its own would point them at
+    the real database.
+    """
+    for item in items:
+        if "worker_pools" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("django_db"):
+            item.add_marker(pytest.mark.django_db(transaction=True))
+
+
 def procfile() -> dict[str, str]:
     """The Procfile as {process name: command}."""
     lines = (ROOT / "Procfile").read_text().splitlines()
