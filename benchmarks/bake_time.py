@@ -1,6 +1,6 @@
 """Print how long baking the template takes (no network, no Docker, no prompts).
 
-    .venv/bin/python benchmarks/bake_time.py [runs]
+.venv/bin/python benchmarks/bake_time.py [runs]
 """
 
 import statistics
@@ -21,7 +21,9 @@ def main(runs: int = 10) -> None:
             start = time.perf_counter()
             cookiecutter(str(TEMPLATE), no_input=True, output_dir=output)
             timings.append(time.perf_counter() - start)
-    print(f"bake time over {runs} runs: median {statistics.median(timings) * 1000:.0f} ms, max {max(timings) * 1000:.0f} ms")
+    print(
+        f"bake time over {runs} runs: median {statistics.median(timings) * 1000:.0f} ms, max {max(timings) * 1000:.0f} ms"
+    )
 
 
 if __name__ == "__main__":

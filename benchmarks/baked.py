@@ -3,7 +3,9 @@
     with baked_project("blueprint_bench", redis_db=9) as project:
         project.sh("python", "manage.py", "seed_demo_data", "--transactions", "1000")
 
-Needs PostgreSQL (trust auth for the postgres role) and Redis on 127.0.0.1.
+Needs PostgreSQL (trust auth for the postgres role) and Redis on 127.0.0.1;
+with ``broker="rabbitmq"`` also a local RabbitMQ (guest/guest, ``rabbitmqctl``),
+in a vhost of its own that is deleted afterwards.
 """
 
 import os
@@ -46,19 +48,28 @@ class Baked:
 
 
 @contextmanager
-def baked_project(database: str, redis_db: int, **extra_env: str):
+def baked_project(database: str, redis_db: int, broker: str = "redis", **extra_env: str):
     workdir = Path(tempfile.mkdtemp(prefix=f"{database}-"))
-    path = Path(cookiecutter(str(TEMPLATE), no_input=True, output_dir=str(workdir)))
-    env = os.environ | {
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{database}",
-        "REDIS_URL": f"redis://127.0.0.1:6379/{redis_db}",
-        "DJANGO_SETTINGS_MODULE": "config.settings.local",
-        "DJANGO_MEDIA_ROOT": str(workdir / "media"),
-        "CELERY_WORKER_AUTORELOAD": "0",
-        "CELERY_LOG_LEVEL": "WARNING",
-        "DJANGO_LOG_LEVEL": "WARNING",
-    } | extra_env
+    path = Path(cookiecutter(str(TEMPLATE), no_input=True, output_dir=str(workdir), extra_context={"broker": broker}))
+    if broker == "rabbitmq":
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", database], check=False, capture_output=True)
+        subprocess.run(["rabbitmqctl", "-q", "add_vhost", database], check=True, capture_output=True)
+        subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", database, "guest", ".*", ".*", ".*"], check=True)
+        extra_env = {"CELERY_BROKER_URL": f"amqp://guest:guest@127.0.0.1:5672/{database}"} | extra_env
+    env = (
+        os.environ
+        | {
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{database}",
+            "REDIS_URL": f"redis://127.0.0.1:6379/{redis_db}",
+            "DJANGO_SETTINGS_MODULE": "config.settings.local",
+            "DJANGO_MEDIA_ROOT": str(workdir / "media"),
+            "CELERY_WORKER_AUTORELOAD": "0",
+            "CELERY_LOG_LEVEL": "WARNING",
+            "DJANGO_LOG_LEVEL": "WARNING",
+        }
+        | extra_env
+    )
     subprocess.run(["dropdb", *POSTGRES, "--if-exists", database], check=True, capture_output=True)
     subprocess.run(["createdb", *POSTGRES, database], check=True)
     try:
@@ -68,4 +79,6 @@ def baked_project(database: str, redis_db: int, **extra_env: str):
         yield project
     finally:
         subprocess.run(["dropdb", *POSTGRES, "--if-exists", database], check=False, capture_output=True)
+        if broker == "rabbitmq":
+            subprocess.run(["rabbitmqctl", "-q", "delete_vhost", database], check=False, capture_output=True)
         shutil.rmtree(workdir, ignore_errors=True)

@@ -141,7 +141,10 @@ def main() -> None:
     print(f"{'rows':>10} {'what':<28} {'seconds':>8} {'rows/s':>10} {'% of COPY':>10} {'peak RSS':>10}")
     for r in results:
         copy_rate = r["copy"]["rows_per_second"]
-        lines = [("plain COPY TO STDOUT", r["copy"], None), ("ours (worker-export)", r["ours"], r["ours"]["peak_rss_mb"])]
+        lines = [
+            ("plain COPY TO STDOUT", r["copy"], None),
+            ("ours (worker-export)", r["ours"], r["ours"]["peak_rss_mb"]),
+        ]
         if "article" in r:
             lines.append(("article: offset + StringIO", r["article"], r["article"]["peak_rss_mb"]))
         for name, data, rss in lines:

@@ -108,7 +108,9 @@ def main() -> None:
         waits = result["waits"]
         if waits:
             p50, p95, worst = statistics.median(waits), percentile(waits, 0.95), max(waits)
-            print(f"{name:<24} {p50 * 1000:>8.1f}ms {p95 * 1000:>8.1f}ms {worst * 1000:>8.1f}ms {result['missing']:>12}")
+            print(
+                f"{name:<24} {p50 * 1000:>8.1f}ms {p95 * 1000:>8.1f}ms {worst * 1000:>8.1f}ms {result['missing']:>12}"
+            )
         else:
             print(f"{name:<24} {'-':>10} {'-':>10} {'-':>10} {result['missing']:>12}")
 

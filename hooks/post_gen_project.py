@@ -8,11 +8,25 @@ from pathlib import Path
 # Paths removed when the option has the given value.
 REMOVE_WHEN = {
     ("ci", "none"): [".github"],
+    ("broker", "redis"): [
+        ".envs/.local/.rabbitmq",
+        ".envs/.production/.rabbitmq",
+        "tests/rabbitmq.py",
+        "tests/test_rabbitmq_integration.py",
+    ],
 }
-OPTIONS = {"ci": "{{ cookiecutter.ci }}"}
+OPTIONS = {"ci": "{{ cookiecutter.ci }}", "broker": "{{ cookiecutter.broker }}"}
 
 # Placeholders replaced by a fresh secret, in every file that contains them.
-SECRET_FILES = [".env", ".envs/.local/.django", ".envs/.local/.postgres", ".envs/.production/.django", ".envs/.production/.postgres"]
+SECRET_FILES = [
+    ".env",
+    ".envs/.local/.django",
+    ".envs/.local/.postgres",
+    ".envs/.local/.rabbitmq",
+    ".envs/.production/.django",
+    ".envs/.production/.postgres",
+    ".envs/.production/.rabbitmq",
+]
 ALPHABET = string.ascii_letters + string.digits
 
 
@@ -28,6 +42,8 @@ SECRETS = {
     "!!!PRODUCTION_METRICS_PASSWORD!!!": token(32),
     "!!!LOCAL_POSTGRES_PASSWORD!!!": token(32),
     "!!!PRODUCTION_POSTGRES_PASSWORD!!!": token(32),
+    "!!!LOCAL_RABBITMQ_PASSWORD!!!": token(32),
+    "!!!PRODUCTION_RABBITMQ_PASSWORD!!!": token(32),
 }
 
 
@@ -36,7 +52,7 @@ def main() -> None:
         if OPTIONS[option] == value:
             for path in map(Path, paths):
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
-    for path in map(Path, SECRET_FILES):
+    for path in filter(Path.exists, map(Path, SECRET_FILES)):
         text = path.read_text()
         for placeholder, value in SECRETS.items():
             text = text.replace(placeholder, value)

@@ -20,8 +20,14 @@ ANSWERS = {
     "python_version": "{{ cookiecutter.python_version }}",
     "ci": "{{ cookiecutter.ci }}",
     "storage": "{{ cookiecutter.storage }}",
+    "broker": "{{ cookiecutter.broker }}",
 }
-CHOICES = {"python_version": ("3.11", "3.12", "3.13"), "ci": ("github", "none"), "storage": ("local", "s3")}
+CHOICES = {
+    "python_version": ("3.11", "3.12", "3.13"),
+    "ci": ("github", "none"),
+    "storage": ("local", "s3"),
+    "broker": ("redis", "rabbitmq"),
+}
 
 
 def problems(answers):

@@ -17,11 +17,37 @@ CHOICES = {
     for key, value in json.loads((TEMPLATE / "cookiecutter.json").read_text()).items()
     if isinstance(value, list) and not key.startswith("_")
 }
-# Every combination of the choice options (python_version x ci x storage).
-MATRIX = [dict(zip(CHOICES, values, strict=True)) for values in itertools.product(*CHOICES.values())]
+
+
+def all_pairs(choices: dict[str, list[str]]) -> list[dict[str, str]]:
+    """Combinations of the choice options that contain every pair of values at least once.
+
+    The options interact in pairs (storage and broker both shape the settings, ci
+    and python_version the workflow), so covering every pair finds what the full
+    product would, in a quarter of the bakes. Greedy and deterministic: the first
+    combination (every option's default) comes first.
+    """
+    names = list(choices)
+
+    def pairs(values) -> set:
+        return {(a, values[a], b, values[b]) for a, b in itertools.combinations(names, 2)}
+
+    candidates = [dict(zip(names, values, strict=True)) for values in itertools.product(*choices.values())]
+    uncovered = set().union(*(pairs(candidate) for candidate in candidates))
+    chosen = []
+    while uncovered:
+        best = max(candidates, key=lambda candidate: len(pairs(candidate) & uncovered))
+        chosen.append(best)
+        uncovered -= pairs(best)
+    return chosen
+
+
+# Every pair of choice values (python_version, ci, storage, broker), each in some bake.
+MATRIX = all_pairs(CHOICES)
 
 POSTGRES = ("127.0.0.1", int(os.environ.get("POSTGRES_PORT", "5432")))
 REDIS = ("127.0.0.1", int(os.environ.get("REDIS_PORT", "6379")))
+RABBITMQ = ("127.0.0.1", int(os.environ.get("RABBITMQ_PORT", "5672")))
 
 
 def matrix_id(context: dict) -> str:
@@ -50,14 +76,15 @@ def reachable(address) -> bool:
 
 @pytest.fixture(scope="session")
 def services():
-    """Postgres and Redis on this machine. Missing: fail in CI, skip elsewhere."""
-    missing = [name for name, address in (("Postgres", POSTGRES), ("Redis", REDIS)) if not reachable(address)]
+    """Postgres, Redis and RabbitMQ on this machine. Missing: fail in CI, skip elsewhere."""
+    wanted = (("Postgres", POSTGRES), ("Redis", REDIS), ("RabbitMQ", RABBITMQ))
+    missing = [name for name, address in wanted if not reachable(address)]
     if missing:
         message = f"{' and '.join(missing)} not reachable on 127.0.0.1 (./scripts/test starts them when installed)"
         if os.environ.get("CI"):
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
-    return {"postgres": POSTGRES, "redis": REDIS}
+    return {"postgres": POSTGRES, "redis": REDIS, "rabbitmq": RABBITMQ}
 
 
 @dataclass(frozen=True)

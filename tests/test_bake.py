@@ -1,10 +1,11 @@
-"""Every combination of options bakes a clean, checkable project."""
+"""Every pair of option values bakes a clean, checkable project."""
 
+import itertools
 import re
 
 import pytest
 
-from .conftest import assert_ok, run
+from .conftest import CHOICES, MATRIX, TEMPLATE, assert_ok, run
 
 # Cookiecutter's own syntax. Django templates in the project legitimately use
 # {% if %} and {{ }}, but never {%- (whitespace control), raw blocks or our names.
@@ -83,6 +84,17 @@ def test_options_shape_the_files(baked):
     assert ("S3Storage" in (path / "config/settings/production.py").read_text()) == uses_s3
     assert ("django-storages" in (path / "requirements/production.txt").read_text()) == uses_s3
 
+    uses_rabbitmq = context["broker"] == "rabbitmq"
+    for compose_file in ("docker-compose.yml", "docker-compose.production.yml"):
+        assert ("\n  rabbitmq:\n" in (path / compose_file).read_text()) == uses_rabbitmq, compose_file
+    for env in ("local", "production"):
+        assert (path / ".envs" / f".{env}" / ".rabbitmq").exists() == uses_rabbitmq
+        assert ("CELERY_BROKER_URL=amqp://" in (path / ".envs" / f".{env}" / ".django").read_text()) == uses_rabbitmq
+    assert (path / "tests/test_rabbitmq_integration.py").exists() == uses_rabbitmq
+    base = (path / "config/settings/base.py").read_text()
+    assert ('"x-queue-type": "quorum"' in base) == uses_rabbitmq
+    assert ("visibility_timeout" in base) != uses_rabbitmq
+
 
 @pytest.mark.parametrize("pool", ["worker-high", "worker-default", "worker-export"])
 def test_worker_command_prints_from_the_topology(baked, pool):
@@ -95,6 +107,27 @@ def test_worker_command_prints_from_the_topology(baked, pool):
 def test_secrets_are_generated_per_bake(cookies):
     first, second = cookies.bake(), cookies.bake()
     pattern = re.compile(r"^DJANGO_SECRET_KEY=(.+)$", re.MULTILINE)
-    keys = [pattern.search((r.project_path / ".envs/.production/.django").read_text()).group(1) for r in (first, second)]
+    keys = [
+        pattern.search((r.project_path / ".envs/.production/.django").read_text()).group(1) for r in (first, second)
+    ]
     assert len(keys[0]) >= 50
     assert keys[0] != keys[1]
+
+
+def test_the_matrix_bakes_every_pair_of_option_values():
+    baked_pairs = {
+        ((a, combination[a]), (b, combination[b]))
+        for combination in MATRIX
+        for a, b in itertools.combinations(CHOICES, 2)
+    }
+    for a, b in itertools.combinations(CHOICES, 2):
+        for pair in itertools.product(CHOICES[a], CHOICES[b]):
+            assert ((a, pair[0]), (b, pair[1])) in baked_pairs
+    assert MATRIX[0] == {name: values[0] for name, values in CHOICES.items()}  # the defaults
+
+
+def test_template_repository_code_is_ruff_clean():
+    """The hooks, these tests and the benchmarks follow ruff.toml, like the code they bake."""
+    paths = ["hooks", "tests", "benchmarks"]
+    assert_ok(run(["ruff", "check", *paths], TEMPLATE))
+    assert_ok(run(["ruff", "format", "--check", *paths], TEMPLATE))

@@ -1,9 +1,10 @@
-"""The baked project's own test suite passes against real Postgres and Redis.
+"""The baked project's own test suite passes against real Postgres, Redis and RabbitMQ.
 
 It includes integration tests that start the three worker pools from the
 Procfile and check that each example task runs on the pool of its queue. CI=1
 is passed down so that the baked suite fails, never skips, when a service is
-missing.
+missing. The RabbitMQ bake runs its tests in a throwaway vhost (its conftest
+creates and deletes it).
 """
 
 import os
@@ -15,11 +16,12 @@ from .conftest import assert_ok, run
 SUITE_MATRIX = [
     {},
     {"project_name": "Widget Works", "python_version": "3.11", "ci": "none", "storage": "s3"},
+    {"project_name": "Rabbit Shop", "python_version": "3.13", "broker": "rabbitmq"},
 ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("context", SUITE_MATRIX, ids=["default", "widget_works-s3"])
+@pytest.mark.parametrize("context", SUITE_MATRIX, ids=["default", "widget_works-s3", "rabbit_shop-rabbitmq"])
 def test_baked_project_suite_passes(cookies, services, context):
     result = cookies.bake(extra_context=context)
     assert result.exit_code == 0, result.exception
@@ -33,6 +35,9 @@ def test_baked_project_suite_passes(cookies, services, context):
         "DATABASE_URL": f"postgres://{user}{password}@{host}:{port}/{slug}",
         "REDIS_URL": f"redis://{redis_host}:{redis_port}/0",
     }
+    if result.context["broker"] == "rabbitmq":
+        rabbit_host, rabbit_port = services["rabbitmq"]
+        env["CELERY_BROKER_URL"] = f"amqp://guest:guest@{rabbit_host}:{rabbit_port}//"
     suite = run(["python", "-m", "pytest", "--create-db", "-p", "no:cacheprovider", "-q"], result.project_path, env=env)
     assert_ok(suite)
     assert " passed" in suite.stdout and "skipped" not in suite.stdout, suite.stdout

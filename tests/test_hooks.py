@@ -26,7 +26,9 @@ def test_invalid_answer_is_rejected_with_a_hint(cookies, capfd, answers, message
     assert message in capfd.readouterr().err
 
 
-@pytest.mark.parametrize(("option", "value"), [("ci", "travis"), ("storage", "ftp"), ("python_version", "3.9")])
+@pytest.mark.parametrize(
+    ("option", "value"), [("ci", "travis"), ("storage", "ftp"), ("python_version", "3.9"), ("broker", "kafka")]
+)
 def test_unknown_option_value_is_rejected(cookies, capfd, option, value):
     result = cookies.bake(extra_context={option: value})
 

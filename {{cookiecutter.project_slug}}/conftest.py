@@ -3,6 +3,11 @@
 import pytest
 
 from config.celery_app import app
+{%- if cookiecutter.broker == "rabbitmq" %}
+
+# Every test run gets a throwaway RabbitMQ vhost (tests/rabbitmq.py).
+pytest_plugins = ["tests.rabbitmq"]
+{%- endif %}
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ All configuration lives in Django settings under the ``CELERY_`` namespace
 
 import os
 
-from celery import Celery, bootsteps
+from celery import Celery, bootsteps, signals
 
 from config import healthcheck, topology
 
@@ -24,6 +24,7 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 
+# --8<-- [start:heartbeat]
 class HeartbeatFile(bootsteps.StartStopStep):
     """Touch ``<pool>.heartbeat`` from the worker's own timer, for the compose healthcheck.
 
@@ -51,3 +52,24 @@ class HeartbeatFile(bootsteps.StartStopStep):
 
 
 app.steps["worker"].add(HeartbeatFile)
+# --8<-- [end:heartbeat]
+
+
+# --8<-- [start:declare-every-queue]
+@signals.worker_init.connect
+def declare_every_queue(sender, **kwargs):
+    """RabbitMQ: declare every queue of the topology, not only this pool's, at start.
+
+    With quorum queues each worker binds every declared queue to Celery's delayed
+    delivery exchanges when it starts. In a fresh vhost the exchange of a queue
+    whose pool has not started yet does not exist, the binding fails (a CRITICAL
+    log line), and until that pool starts a countdown sent to its queue would be
+    dropped at the end of its delay. Declaring is idempotent. Redis needs none of it.
+    """
+    with app.connection_for_write() as connection:
+        if connection.transport.driver_type != "amqp":
+            return
+        connection.ensure_connection(max_retries=10)
+        for queue in app.amqp.queues.values():
+            queue.bind(connection.default_channel).declare()
+    # --8<-- [end:declare-every-queue]

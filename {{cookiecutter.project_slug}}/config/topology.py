@@ -4,7 +4,7 @@ Everything that depends on *which queues exist*, *which task goes where* and *ho
 each worker pool is tuned* reads this module:
 
 * ``config/settings/base.py`` builds ``CELERY_TASK_QUEUES`` and ``CELERY_TASK_ROUTES``
-  and derives the Redis visibility timeout from the pools' hard time limits;
+  and derives the broker's redelivery timeout from the pools' hard time limits;
 * ``python -m config.worker <pool>`` (used by the ``Procfile`` and by every compose
   worker service) turns a pool's profile into the ``celery worker`` command line;
 * the system check in ``<project>/core/checks.py`` (run by ``manage.py check``)
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# --8<-- [start:queues]
 # Every queue the project uses. ``default`` is Celery's fallback for anything sent
 # without a route; we never use Celery's implicit ``celery`` queue.
 QUEUES: tuple[str, ...] = ("high", "default", "low", "export")
@@ -32,7 +33,9 @@ DEFAULT_QUEUE = "default"
 # latency canary (core/tasks.py) measures it every minute, exports it as a metric
 # and logs an ERROR when a queue breaches its SLA.
 SLA_SECONDS: dict[str, float] = {"high": 1.0, "default": 10.0, "low": 300.0, "export": 60.0}
+# --8<-- [end:queues]
 
+# --8<-- [start:routes]
 # Routes by task name. Keys are Celery globs matched against the registered task
 # name (``<project>.<app>.tasks.<function>``); exact names win over globs and globs
 # are tried in order. Route whole modules, then carve out exceptions with exact
@@ -53,6 +56,7 @@ ROUTES: dict[str, str] = {
     # Celery's own tasks (result cleanup, chord synchronisation).
     "celery.*": "default",
 }
+# --8<-- [end:routes]
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,7 @@ class Pool:
         ]
 
 
+# --8<-- [start:pools]
 POOLS: tuple[Pool, ...] = (
     # Fast and strict: an email that has not gone out in 30 s is not going out.
     Pool(
@@ -125,8 +130,9 @@ POOLS: tuple[Pool, ...] = (
         max_tasks_per_child=1000,
         soft_shutdown_timeout=30,
     ),
-    # Everyday work and the low-priority backlog. Listing ``default`` first makes
-    # the worker drain it before ``low`` (Redis polls queues in this order).
+    # Everyday work and the low-priority backlog. With Redis, listing ``default``
+    # first makes the worker drain it before ``low`` (Redis polls queues in this
+    # order); RabbitMQ delivers from both queues as messages arrive.
     Pool(
         name="worker-default",
         queues=("default", "low"),
@@ -153,6 +159,7 @@ POOLS: tuple[Pool, ...] = (
         soft_shutdown_timeout=5,
     ),
 )
+# --8<-- [end:pools]
 
 
 def pool_named(name: str) -> Pool:
@@ -173,6 +180,7 @@ def longest_time_limit() -> int:
     return max(pool.time_limit for pool in POOLS)
 
 
+# --8<-- [start:visibility-timeout]
 # With the Redis broker a message that was delivered but not acknowledged becomes
 # visible again after this many seconds, and with late acks a task is only
 # acknowledged when it finishes. If a task could run longer than this, Redis
@@ -180,4 +188,8 @@ def longest_time_limit() -> int:
 # celery/celery#4400 and #7918). So: twice the longest hard time limit. It is also
 # how long a message of a worker that was SIGKILLed waits before redelivery, and it
 # must exceed the longest retry countdown (ETA tasks are held unacknowledged).
+# RabbitMQ has the same limit under another name: it closes the channel of a
+# consumer that holds a delivery unacknowledged longer than its consumer_timeout
+# (30 min by default), so the RabbitMQ service in docker-compose sets it to this.
 VISIBILITY_TIMEOUT: int = 2 * longest_time_limit()
+# --8<-- [end:visibility-timeout]

@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     if options.print:
         print(shlex.join(command))
         return
+    # --8<-- [start:remap-sigterm]
     # Celery treats SIGTERM (what Docker, systemd and honcho send) as a *warm*
     # shutdown: wait for every running task, however long. A 30-minute export
     # would hold up a deploy until Docker's SIGKILL, and its message would then
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
     sys.stdout.flush()
     os.execv(command[0], command)  # noqa: S606 -- exec: signals from Docker/honcho reach the worker directly
+    # --8<-- [end:remap-sigterm]
 
 
 if __name__ == "__main__":

@@ -2,10 +2,11 @@
 
 The pools are started exactly as in production, from the Procfile lines, as
 subprocesses of the test run. They load ``config.settings.test`` and reach the
-test database through ``DATABASE_URL``.
+test database through ``DATABASE_URL``, and the broker through
+``CELERY_BROKER_URL`` (with RabbitMQ: the run's throwaway vhost, tests/rabbitmq.py).
 
-Without Redis or Postgres the integration tests are skipped on a laptop, and
-fail in CI (``CI`` set), where a skip would hide missing infrastructure.
+Without the broker, Redis or Postgres the integration tests are skipped on a
+laptop, and fail in CI (``CI`` set), where a skip would hide missing infrastructure.
 """
 
 import os
@@ -83,6 +84,15 @@ def _reachable(url: str, default_port: int) -> bool:
         return False
 
 
+@pytest.fixture(scope="session")
+def broker_url():
+    """The broker every process of the run uses (with RabbitMQ: the run's throwaway vhost)."""
+    url = settings.CELERY_BROKER_URL
+    if not _reachable(url, 5672 if url.startswith(("amqp", "pyamqp")) else 6379):
+        _missing(f"no broker at {url}: start it, or set CELERY_BROKER_URL / REDIS_URL")
+    return url
+
+
 def start_process(name: str, env: dict[str, str], log: Path) -> subprocess.Popen:
     """Run the Procfile line ``name`` the way honcho does: through a shell, from the project root."""
     return subprocess.Popen(
@@ -156,10 +166,8 @@ def _test_database_url() -> str:
 
 
 @pytest.fixture(scope="session")
-def worker_pools(django_db_setup, django_db_blocker, tmp_path_factory):
+def worker_pools(broker_url, django_db_setup, django_db_blocker, tmp_path_factory):
     """Start every ``worker-*`` process of the Procfile; stop them at the end."""
-    if not _reachable(settings.CELERY_BROKER_URL, 6379):
-        _missing(f"no broker at {settings.CELERY_BROKER_URL}: start Redis (make services) or set REDIS_URL")
     with django_db_blocker.unblock():
         if connection.vendor != "postgresql":
             _missing("integration tests need Postgres: set DATABASE_URL=postgres://...")
@@ -170,6 +178,7 @@ def worker_pools(django_db_setup, django_db_blocker, tmp_path_factory):
     env = os.environ | {
         "DJANGO_SETTINGS_MODULE": "config.settings.test",
         "DATABASE_URL": database_url,
+        "CELERY_BROKER_URL": broker_url,
         "CELERY_TASK_ALWAYS_EAGER": "0",
         "CELERY_WORKER_AUTORELOAD": "0",
         "DJANGO_MEDIA_ROOT": str(media_root),

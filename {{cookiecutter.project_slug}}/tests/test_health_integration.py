@@ -45,7 +45,9 @@ def throwaway_redis(monkeypatch):
         _missing("redis-server is not installed: cannot start a throwaway Redis")
     redis = ThrowawayRedis()
     redis.start()
-    monkeypatch.setitem(app.conf, "broker_url", f"redis://127.0.0.1:{redis.port}/0")
+    url = f"redis://127.0.0.1:{redis.port}/0"
+    monkeypatch.setitem(app.conf, "broker_url", url)
+    monkeypatch.setenv("CELERY_BROKER_URL", url)  # Celery reads the variable before its config
     yield redis
     if redis.process.poll() is None:
         redis.stop()

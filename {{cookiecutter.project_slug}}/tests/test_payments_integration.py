@@ -48,6 +48,7 @@ def test_32_concurrent_deliveries_of_two_orders_charge_exactly_twice(live_celery
         assert SandboxCharge.objects.get(idempotency_key=str(order.idempotency_key)).charge_id == order.charge_id
 
 
+# --8<-- [start:worker-killed]
 def test_worker_killed_after_the_charge_and_before_the_commit_charges_once(live_celery, user, sandbox):
     order = Order.objects.create(user=user, amount_cents=7777)
     sandbox.plan(order.idempotency_key, "hang_after_charge:30")
@@ -65,6 +66,7 @@ def test_worker_killed_after_the_charge_and_before_the_commit_charges_once(live_
     assert order.status == Order.Status.PAID
     assert order.payment_attempts == 2
     assert SandboxCharge.objects.count() == 1
+    # --8<-- [end:worker-killed]
 
 
 def test_provider_timeouts_then_success_charge_once(live_celery, user, sandbox):
@@ -112,6 +114,7 @@ def test_exhausted_retries_leave_a_failed_task_that_replays(live_celery, user, s
     assert SandboxCharge.objects.count() == 1
 
 
+# --8<-- [start:dispatch-races-commit]
 def test_dispatch_inside_the_transaction_races_the_commit(live_celery, user):
     """The wrong way, shown failing: the worker looks before the row is committed."""
     with transaction.atomic():
@@ -122,6 +125,7 @@ def test_dispatch_inside_the_transaction_races_the_commit(live_celery, user):
     assert outcome == "missing"
     order.refresh_from_db()
     assert order.status == Order.Status.PENDING  # never charged
+    # --8<-- [end:dispatch-races-commit]
 
 
 def test_checkout_dispatches_after_commit_so_the_worker_always_finds_the_order(live_celery, user, client):

@@ -17,7 +17,9 @@ from config.worker import build_command
 from .conftest import ROOT, procfile
 
 FIXED_PROCESSES = {"web", "worker-high", "worker-default", "worker-export", "beat", "flower"}
-FIXED_SERVICES = {"django", "postgres", "redis", "worker-high", "worker-default", "worker-export", "beat", "flower"}
+# Services the Django processes need up (and healthy) before they start.
+BACKING_SERVICES = {"postgres", "redis"{% if cookiecutter.broker == "rabbitmq" %}, "rabbitmq"{% endif %}}
+FIXED_SERVICES = {"django", "worker-high", "worker-default", "worker-export", "beat", "flower"} | BACKING_SERVICES
 COMPOSE_FILES = ["docker-compose.yml", "docker-compose.production.yml"]
 
 
@@ -103,9 +105,19 @@ def test_migrations_run_once_before_anything_uses_the_database(filename):
     services = compose(filename)
     migrators = [name for name, service in services.items() if "migrate" in command(service)]
     assert migrators == ["migrate"]
-    for name in FIXED_SERVICES - {"postgres", "redis"}:
+    for name in FIXED_SERVICES - BACKING_SERVICES:
         condition = services[name]["depends_on"]["migrate"]["condition"]
         assert condition == "service_completed_successfully", name
+
+
+@pytest.mark.parametrize("filename", COMPOSE_FILES)
+def test_django_processes_wait_for_healthy_backing_services(filename):
+    services = compose(filename)
+    for backing in BACKING_SERVICES:
+        assert "healthcheck" in services[backing], backing
+    for name in FIXED_SERVICES - BACKING_SERVICES:
+        for backing in BACKING_SERVICES:
+            assert services[name]["depends_on"][backing]["condition"] == "service_healthy", (name, backing)
 
 
 def test_worker_command_is_built_from_the_topology():

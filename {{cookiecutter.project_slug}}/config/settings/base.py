@@ -4,7 +4,7 @@ from pathlib import Path
 
 import environ
 from celery.schedules import crontab
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from config import topology
 
@@ -173,10 +173,10 @@ LOGGING = {
 # Every reliability knob Celery leaves implicit is set here on purpose, with the
 # reason. Queue names, routes and pool profiles live in config/topology.py.
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html
+# Redis keeps task results, metrics and the sandbox provider's ledger whichever
+# broker carries the tasks (see BROKER below).
 REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
 
-# https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-url
-CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL)
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#result-backend
 CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND", default=REDIS_URL)
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#result-extended
@@ -201,8 +201,6 @@ CELERY_RESULT_SERIALIZER = "json"
 # Unrouted tasks land in "default", never in Celery's implicit "celery" queue that
 # no pool consumes (and manage.py check refuses unrouted tasks anyway).
 CELERY_TASK_DEFAULT_QUEUE = topology.DEFAULT_QUEUE
-# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-queues
-CELERY_TASK_QUEUES = [Queue(name) for name in topology.QUEUES]
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-create-missing-queues
 # A route to a queue that is not declared raises at send time instead of silently
 # creating a queue nobody consumes.
@@ -243,11 +241,6 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # Keep retrying when the broker is not up yet (container start order), instead of
 # relying on the deprecated implicit behaviour.
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-transport-options
-# https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html#visibility-timeout
-# Redis redelivers unacknowledged messages after the visibility timeout; it must
-# exceed the longest hard time limit or long tasks run twice (celery#4400, #7918).
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": topology.VISIBILITY_TIMEOUT}
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-cancel-long-running-tasks-on-connection-loss
 # When the broker connection drops, late-ack tasks will be redelivered anyway;
 # cancel them rather than let two copies run.
@@ -281,8 +274,7 @@ CELERY_BEAT_SCHEDULER = "{{ cookiecutter.project_slug }}.core.beat:HeartbeatData
 # https://docs.celeryq.dev/en/stable/userguide/periodic-tasks.html#beat-entries
 # Declared in code, synced into the database by beat at start. Each entry expires
 # before its next run, so a backlog never piles up stale runs.
-# Every entry names its queue and expires before its next run, so a backlog never
-# piles up stale runs. django-celery-beat reads "expire_seconds" (it silently drops
+# django-celery-beat reads "expire_seconds" (it silently drops
 # Celery's "expires" when syncing to the database). Each entry is also
 # `manage.py scheduled run <name>`, for cron.
 CELERY_BEAT_SCHEDULE = {
@@ -307,3 +299,54 @@ CELERY_BEAT_SCHEDULE = {
         "options": {"queue": "low", "expire_seconds": 3600},
     },
 }
+
+# ------------------------------------------------------------------------------
+# BROKER
+# ------------------------------------------------------------------------------
+{%- if cookiecutter.broker == "rabbitmq" %}
+# --8<-- [start:broker-rabbitmq]
+# RabbitMQ carries the tasks: acknowledgements are tracked per consumer
+# connection, so a worker that dies hands its unacknowledged messages back at
+# once (Redis waits for a visibility timeout). Trade-offs: docs/broker-choice.md.
+# https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/rabbitmq.html
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", default="amqp://guest:guest@127.0.0.1:5672//")
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-queues
+# Quorum queues: replicated and durable, written to disk before the publisher is
+# told "ok". Each queue gets its own topic exchange because Celery's native
+# delayed delivery (below) cannot route through direct exchanges; with a direct
+# exchange every retry countdown would sit in a worker process until it is due.
+# manage.py check refuses quorum queues on a direct exchange.
+CELERY_TASK_QUEUES = [
+    Queue(name, Exchange(name, type="topic"), routing_key=name, queue_arguments={"x-queue-type": "quorum"})
+    for name in topology.QUEUES
+]
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-native-delayed-delivery-queue-type
+# Quorum queues cannot use global QoS, so a worker can no longer raise its prefetch
+# to hold countdown/ETA tasks. Celery then delays them in the broker instead: a
+# chain of "celery_delayed_*" queues (TTL + dead-lettering) declared by the workers.
+CELERY_BROKER_NATIVE_DELAYED_DELIVERY_QUEUE_TYPE = "quorum"
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-detect-quorum-queues
+CELERY_WORKER_DETECT_QUORUM_QUEUES = True
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-transport-options
+# Publisher confirms: .delay() returns only after RabbitMQ has taken the message,
+# so a send that fails raises in the caller instead of vanishing.
+# RabbitMQ closes a channel whose delivery stays unacknowledged for longer than
+# its consumer_timeout (30 min by default); with late acks that is a task's run
+# time. docker-compose raises it above the longest hard time limit.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
+# --8<-- [end:broker-rabbitmq]
+{%- else %}
+# --8<-- [start:broker-redis]
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-url
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL)
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-queues
+# One durable queue per topology queue, each bound to its own direct exchange
+# (what Celery would create implicitly, spelled out).
+CELERY_TASK_QUEUES = [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in topology.QUEUES]
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-transport-options
+# https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html#visibility-timeout
+# Redis redelivers unacknowledged messages after the visibility timeout; it must
+# exceed the longest hard time limit or long tasks run twice (celery#4400, #7918).
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": topology.VISIBILITY_TIMEOUT}
+# --8<-- [end:broker-redis]
+{%- endif %}

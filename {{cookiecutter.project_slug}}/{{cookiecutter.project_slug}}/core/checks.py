@@ -24,6 +24,7 @@ def _route_of(routers, task_name: str) -> str | None:
     return None
 
 
+# --8<-- [start:check-routes]
 @checks.register(TAG)
 def check_task_routes(app_configs, **kwargs):
     from config.celery_app import app
@@ -68,8 +69,10 @@ def check_task_routes(app_configs, **kwargs):
                     )
                 )
     return errors
+    # --8<-- [end:check-routes]
 
 
+# --8<-- [start:check-pools]
 @checks.register(TAG)
 def check_pools(app_configs, **kwargs):
     from django.conf import settings
@@ -109,8 +112,18 @@ def check_pools(app_configs, **kwargs):
                 id="topology.E006",
             )
         )
+    errors += _broker_errors()
+    return errors
+
+
+def _broker_errors():
+    """Limits that depend on the broker: Redis's visibility timeout, RabbitMQ's delayed delivery."""
+    from django.conf import settings
+
+    errors = []
+    uses_redis = settings.CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
     visibility = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout", 3600)
-    if settings.TASK_RETRY_POLICY["retry_backoff_max"] >= visibility:
+    if uses_redis and settings.TASK_RETRY_POLICY["retry_backoff_max"] >= visibility:
         errors.append(
             checks.Error(
                 "TASK_RETRY_POLICY['retry_backoff_max'] is not below the visibility timeout: a retry "
@@ -119,7 +132,6 @@ def check_pools(app_configs, **kwargs):
                 id="topology.E008",
             )
         )
-    uses_redis = settings.CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
     if uses_redis and visibility <= topology.longest_time_limit():
         errors.append(
             checks.Error(
@@ -129,9 +141,25 @@ def check_pools(app_configs, **kwargs):
                 id="topology.E007",
             )
         )
+    uses_amqp = settings.CELERY_BROKER_URL.startswith(("amqp://", "amqps://", "pyamqp://"))
+    for queue in settings.CELERY_TASK_QUEUES if uses_amqp else ():
+        quorum = (queue.queue_arguments or {}).get("x-queue-type") == "quorum"
+        if quorum and queue.exchange.type == "direct":
+            errors.append(
+                checks.Error(
+                    f"Quorum queue {queue.name!r} is bound to a direct exchange: Celery's native delayed "
+                    "delivery skips it, so every retry countdown and ETA task would occupy a worker "
+                    "process until it is due.",
+                    hint="Bind it to a topic exchange, as CELERY_TASK_QUEUES in config/settings/base.py does.",
+                    obj=queue.name,
+                    id="topology.E012",
+                )
+            )
     return errors
+    # --8<-- [end:check-pools]
 
 
+# --8<-- [start:check-beat]
 @checks.register(TAG)
 def check_beat_schedule(app_configs, **kwargs):
     """Every beat entry names a declared queue and expires; every queue has an SLA."""
@@ -162,3 +190,4 @@ def check_beat_schedule(app_configs, **kwargs):
                 checks.Error(f"Queue {queue!r} has no SLA.", hint="Add it to SLA_SECONDS.", id="topology.E011")
             )
     return errors
+    # --8<-- [end:check-beat]

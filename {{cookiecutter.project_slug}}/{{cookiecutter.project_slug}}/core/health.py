@@ -39,6 +39,7 @@ def broker_ok() -> bool:
         return False
 
 
+# --8<-- [start:readyz]
 class HealthCheckMiddleware:
     def __init__(self, get_response):
         self.get_response = get_response
@@ -51,3 +52,4 @@ class HealthCheckMiddleware:
             body = {name: "ok" if ok else "unavailable" for name, ok in checks.items()}
             return JsonResponse(body, status=200 if all(checks.values()) else 503)
         return self.get_response(request)
+        # --8<-- [end:readyz]

@@ -6,7 +6,7 @@ the web process exports them, with the current queue depths, at ``/metrics``
 
     celery_queue_latency_seconds{queue}    last enqueue-to-start delay of the canary
     celery_queue_sla_seconds{queue}        the SLA declared in config/topology.py
-    celery_queue_depth{queue}              messages waiting (Redis broker)
+    celery_queue_depth{queue}              messages waiting, asked of the broker
     celery_task_runs_total{task,outcome}   runs by outcome (success, failure, retry)
     celery_task_duration_seconds_total{task}  time spent running the task
 """
@@ -15,7 +15,6 @@ import base64
 import hmac
 import logging
 
-import redis
 from django.conf import settings
 from django.http import HttpResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -48,21 +47,40 @@ def latencies() -> dict[str, float]:
     return {key.decode(): float(value) for key, value in store().hgetall(LATENCY).items()}
 
 
+def queue_depths() -> dict[str, int]:
+    """Messages waiting in each queue, from the broker itself (Redis or RabbitMQ).
+
+    Declaring a queue the way the workers do is idempotent and answers with its
+    message count on every broker kombu supports; a passive declare would fail
+    on a queue no worker has declared yet. Empty when the broker is unreachable:
+    a scrape must not fail because of it (the latency gauges still say enough).
+    """
+    from config.celery_app import app
+
+    try:
+        with app.connection_for_read() as connection:
+            channel = connection.default_channel
+            return {
+                name: app.amqp.queues[name].bind(channel).queue_declare().message_count for name in topology.QUEUES
+            }
+    except Exception:
+        logger.warning("metrics: cannot read queue depths from the broker", exc_info=True)
+        return {}
+
+
 class TaskQueueCollector:
     def collect(self):
         client = store()
         latency = GaugeMetricFamily("celery_queue_latency_seconds", "Canary enqueue-to-start delay", labels=["queue"])
         sla = GaugeMetricFamily("celery_queue_sla_seconds", "Declared wait SLA", labels=["queue"])
         depth = GaugeMetricFamily("celery_queue_depth", "Messages waiting in the queue", labels=["queue"])
-        samples = latencies()
-        uses_redis = settings.CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
-        broker = redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=2) if uses_redis else None
+        samples, depths = latencies(), queue_depths()
         for queue in topology.QUEUES:
             if queue in samples:
                 latency.add_metric([queue], samples[queue])
             sla.add_metric([queue], topology.SLA_SECONDS[queue])
-            if broker is not None:
-                depth.add_metric([queue], broker.llen(queue))
+            if queue in depths:
+                depth.add_metric([queue], depths[queue])
         yield from (latency, sla, depth)
 
         runs = CounterMetricFamily("celery_task_runs", "Task runs by outcome", labels=["task", "outcome"])

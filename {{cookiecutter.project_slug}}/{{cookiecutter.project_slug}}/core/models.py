@@ -2,6 +2,7 @@ from django.db import models
 from django.utils import timezone
 
 
+# --8<-- [start:failed-task]
 class FailedTask(models.Model):
     """A task that failed for good: the dead letter an operator acts on.
 
@@ -31,14 +32,15 @@ class FailedTask(models.Model):
 
     @classmethod
     def record(cls, task, exc, task_id, args, kwargs, einfo):
-        delivery = task.request.delivery_info or {}
+        from .task_base import queue_of
+
         failed, _ = cls.objects.update_or_create(
             task_id=task_id,
             defaults={
                 "task_name": task.name,
                 "args": list(args or []),
                 "kwargs": dict(kwargs or {}),
-                "queue": delivery.get("routing_key") or "",
+                "queue": queue_of(task.request),
                 "exception_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
                 "exception_message": str(exc),
                 "traceback": str(einfo) if einfo else "",
@@ -60,3 +62,4 @@ class FailedTask(models.Model):
         self.replay_task_id = result.id
         self.save(update_fields=["replayed_at", "replay_task_id"])
         return result.id
+        # --8<-- [end:failed-task]

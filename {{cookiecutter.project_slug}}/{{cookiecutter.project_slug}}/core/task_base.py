@@ -9,20 +9,94 @@ One place for what every task needs and nobody should re-implement:
   duration and outcome;
 * the dead letter: when a task fails for good (retries exhausted, or an error not
   worth retrying) a ``FailedTask`` row records it for an operator, who can replay
-  it from the admin or with ``manage.py failed_tasks replay``.
+  it from the admin or with ``manage.py failed_tasks replay``;
+* a dropped database connection (failover, PgBouncer restart) is retried on a
+  fresh connection, like any other transient error;
+* the hand-back: a task cancelled because the broker connection dropped goes
+  back to its queue as soon as the broker answers again (``HandBackRequest``).
 """
 
 import logging
+import re
+import threading
 import time
 
 from celery.contrib.django.task import DjangoTask
+from celery.utils.time import get_exponential_backoff_interval
+from celery.worker.request import Request
 from django.conf import settings
+from django.db import InterfaceError, OperationalError, close_old_connections
 
 logger = logging.getLogger("tasks")
 
 _POLICY = settings.TASK_RETRY_POLICY
 
+# "The database connection broke", not "this query is wrong": the server closed
+# it (failover, restart, pg_terminate_backend, an idle-connection reaper), or
+# it is unreachable for a moment. Worth a retry for any idempotent task.
+DATABASE_CONNECTION_ERRORS = (OperationalError, InterfaceError)
 
+# With RabbitMQ's native delayed delivery a countdown (every retry) travels with
+# its delay spelled out in binary in front of the routing key: "0.0.….1.0.high".
+_DELAY_PREFIX = re.compile(r"^(?:[01]\.){28}")
+
+
+def queue_of(request) -> str:
+    """The queue a task message was delivered from: its routing key, minus any delay prefix."""
+    routing_key = (request.delivery_info or {}).get("routing_key") or ""
+    return _DELAY_PREFIX.sub("", routing_key)
+
+
+# --8<-- [start:hand-back-request]
+class HandBackRequest(Request):
+    """A task request that hands its message back when the broker connection drops.
+
+    When the connection to the broker is lost, Celery cancels the running
+    late-ack tasks (``worker_cancel_long_running_tasks_on_connection_loss``):
+    their acknowledgement could not reach the broker anyway, and the broker is
+    expected to redeliver them. RabbitMQ does so at once. Redis only emulates
+    acknowledgements: the message waits in its ``unacked`` hash, and the worker
+    that should put it back had just lost its connection, so it comes back
+    after the visibility timeout: an hour for a payment or a password reset
+    that was running when Redis restarted (celery/celery#1307). The failure
+    drill ``test_redis_restart.py`` of the template shows it.
+
+    So, after the cancel, put the message back into its queue ourselves, on a
+    connection of our own that waits for Redis to return. Restoring a delivery
+    tag is one Redis transaction that does nothing if the message was already
+    acknowledged or restored, so a message is never queued twice (the soft
+    shutdown cancels through here too, and its own hand-back then finds nothing
+    left to do). Redelivery is safe because every task here is idempotent (late
+    acks rely on that already).
+    """
+
+    def cancel(self, pool, signal=None, **kwargs):
+        try:
+            # Terminates the pool process, then records the cancel in the result
+            # backend, which fails while the broker (here also the backend) is down.
+            super().cancel(pool, signal, **kwargs)
+        finally:
+            if self.task.acks_late and not self.acknowledged and self.time_start:
+                tag = self.message.delivery_tag
+                threading.Thread(target=_hand_back, args=(self.task.app, tag, self.id), daemon=True).start()
+
+
+def _hand_back(app, delivery_tag: str, task_id: str) -> None:
+    try:
+        with app.connection_for_write() as connection:
+            if connection.transport.driver_type != "redis":
+                return  # RabbitMQ requeues the unacknowledged messages of a lost connection itself
+            # Wait for the broker (a restart takes seconds); give up after about
+            # two minutes and leave the message to the visibility timeout.
+            connection.ensure_connection(max_retries=60, interval_start=0.5, interval_step=0.5, interval_max=2)
+            connection.default_channel.qos.restore_by_tag(delivery_tag)  # to the head of its queue
+            logger.warning("task %s: cancelled by the worker, message handed back to its queue", task_id)
+    except Exception:
+        logger.exception("task %s: could not hand its message back; the visibility timeout will", task_id)
+    # --8<-- [end:hand-back-request]
+
+
+# --8<-- [start:retry-policy]
 class BaseTask(DjangoTask):
     # DjangoTask (Celery's default task class under Django) adds delay_on_commit()
     # and apply_async_on_commit(): send the message only after the transaction commits.
@@ -37,20 +111,47 @@ class BaseTask(DjangoTask):
     # Delay of a plain self.retry() and of the retry after a killed process
     # (CELERY_TASK_RETRY_ON_WORKER_LOST).
     default_retry_delay = _POLICY["default_retry_delay"]
+    # --8<-- [end:retry-policy]
+    # Cancelled on a broker connection loss: back to the queue at once, not in an hour.
+    Request = HandBackRequest
 
+    # --8<-- [start:database-retry]
+    def __call__(self, *args, **kwargs):
+        """Run the task; retry it, with the usual backoff, when its database connection broke.
+
+        Django reconnects at the start of each task (CONN_HEALTH_CHECKS), but a
+        connection that dies *during* a task fails every later query of that
+        task, including the dead-letter record. Without this a database blip
+        turns every running task into a failure for an operator.
+        """
+        try:
+            return super().__call__(*args, **kwargs)
+        except DATABASE_CONNECTION_ERRORS as exc:
+            if self.request.is_eager:
+                raise  # the caller's connection: not ours to fix
+            # Throw the broken connection away, so that this process reconnects
+            # (for the dead letter, if retries are exhausted, and for its next task).
+            close_old_connections()
+            countdown = get_exponential_backoff_interval(
+                self.retry_backoff, self.request.retries, self.retry_backoff_max, self.retry_jitter
+            )
+            logger.warning("task %s[%s]: database connection lost, retrying: %s", self.name, self.request.id, exc)
+            raise self.retry(exc=exc, countdown=countdown) from exc
+        # --8<-- [end:database-retry]
+
+    # --8<-- [start:run-log]
     def before_start(self, task_id, args, kwargs):
         self.request.started_monotonic = time.monotonic()
 
     def after_return(self, status, retval, task_id, args, kwargs, einfo):
         started = getattr(self.request, "started_monotonic", None)
         duration = time.monotonic() - started if started is not None else 0.0
-        delivery = self.request.delivery_info or {}
         logger.log(
             logging.ERROR if status == "FAILURE" else logging.INFO,
             "task=%s id=%s queue=%s worker=%s retries=%s duration=%.3fs outcome=%s",
             self.name,
             task_id,
-            delivery.get("routing_key"),
+            queue_of(self.request),
             self.request.hostname,
             self.request.retries,
             duration,
@@ -63,7 +164,9 @@ class BaseTask(DjangoTask):
                 record_task(self.name, status.lower(), duration)
             except Exception:
                 logger.warning("could not record metrics for %s", self.name, exc_info=True)
+                # --8<-- [end:run-log]
 
+    # --8<-- [start:dead-letter]
     def on_failure(self, exc, task_id, args, kwargs, einfo):
         """Called once a task has failed for good: write the dead-letter record."""
         from .models import FailedTask
@@ -73,3 +176,4 @@ class BaseTask(DjangoTask):
         except Exception:
             # The dead letter must never hide the original failure.
             logger.exception("could not record failed task %s %s", self.name, task_id)
+            # --8<-- [end:dead-letter]

@@ -10,6 +10,7 @@ from . import metrics
 logger = logging.getLogger(__name__)
 
 
+# --8<-- [start:canary]
 @shared_task
 def dispatch_latency_probes(dry_run: bool = False) -> list[str]:
     """Send one probe to every queue (beat, every minute): the queue-latency canary."""
@@ -32,3 +33,4 @@ def probe_queue_latency(queue: str, sent_at: float) -> float:
     if waited > sla:
         logger.error("queue %s breached its SLA: waited %.3fs (SLA %.1fs)", queue, waited, sla)
     return waited
+    # --8<-- [end:canary]

@@ -187,6 +187,7 @@ class Batch:
     last_key: int
 
 
+# --8<-- [start:keyset-batches]
 def next_batch_bounds(user_id: int, after: int, size: int, use_copy: bool) -> Batch:
     """Row count and last key of the next batch: an index-only range scan."""
     if not use_copy:
@@ -232,6 +233,7 @@ def batch_chunks(user_id: int, after: int, upper: int, use_copy: bool) -> Iterat
             block.clear()
     if block:
         yield "".join(block).encode()
+        # --8<-- [end:keyset-batches]
 
 
 # ------------------------------------------------------------------------------
@@ -253,6 +255,7 @@ class ExportRunner:
         # overwrite a part the current runner wrote.
         return f"exports/{self.job_id}/part-{index:06d}-{self.owner}.csv"
 
+    # --8<-- [start:runner]
     def run(self) -> ExportJob:
         job = ExportJob.objects.get(pk=self.job_id)
         if job.status == ExportJob.Status.PENDING:
@@ -300,6 +303,7 @@ class ExportRunner:
             raise LeaseLost(f"export {job.pk}: lease lost by {self.owner}")
         for field, value in changes.items():
             setattr(job, field, value)
+            # --8<-- [end:runner]
 
     def _finish(self, job: ExportJob) -> ExportJob:
         final = ChunkFile(stream_parts(job.parts), name="final.csv")

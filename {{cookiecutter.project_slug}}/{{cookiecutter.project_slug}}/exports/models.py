@@ -61,6 +61,7 @@ class ExportJob(models.Model):
     def lease_duration() -> timedelta:
         return timedelta(seconds=settings.EXPORT_LEASE_SECONDS)
 
+    # --8<-- [start:lease]
     @classmethod
     def claim(cls, pk: int, owner: str) -> bool:
         """Take the lease of an unfinished job unless a live runner holds it (one UPDATE)."""
@@ -84,6 +85,7 @@ class ExportJob(models.Model):
         return unfinished.filter(
             Q(lease_expires_at__lt=now) | Q(lease_owner="", created_at__lt=now - cls.lease_duration())
         )
+        # --8<-- [end:lease]
 
     @property
     def progress(self) -> float:

@@ -9,7 +9,7 @@ from billiard.common import TERM_SIGNAL
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, close_old_connections, connections
 from django.utils import timezone
 
 from .csv_export import ExportRunner, LeaseLost
@@ -18,6 +18,7 @@ from .models import ExportJob
 logger = logging.getLogger(__name__)
 
 
+# --8<-- [start:hand-back]
 @contextmanager
 def hand_back_on_termination(job_id: int, owner: str):
     """When the pool terminates this task, release the job's lease before dying.
@@ -56,8 +57,10 @@ def hand_back_on_termination(job_id: int, owner: str):
         yield
     finally:
         signal.signal(TERM_SIGNAL, previous)
+        # --8<-- [end:hand-back]
 
 
+# --8<-- [start:generate-csv-export]
 @shared_task(bind=True)
 def generate_csv_export(self, export_job_id: int) -> str:
     """Export a user's transactions to CSV; resumable, memory-flat, one runner at a time.
@@ -88,13 +91,19 @@ def generate_csv_export(self, export_job_id: int) -> str:
             ExportJob.release(export_job_id, runner.owner)
             raise self.retry(countdown=1) from None
         except Exception as error:
+            # If the database connection broke, these writes would fail on it too
+            # and the lease would stay taken until it expires. Reconnect first:
+            # the retry (core/task_base.py) then resumes from the checkpoint at once.
+            close_old_connections()
             ExportJob.release(export_job_id, runner.owner)
             ExportJob.objects.filter(pk=export_job_id).update(error=f"{type(error).__name__}: {error}"[:2000])
             raise
     logger.info("export %s: %s rows, %s bytes in %s", job.pk, job.processed_rows, job.bytes_written, job.file.name)
     return "completed"
+    # --8<-- [end:generate-csv-export]
 
 
+# --8<-- [start:watchdog]
 @shared_task
 def export_watchdog(dry_run: bool = False) -> list[int]:
     """Re-dispatch exports whose runner died (its lease expired). Run every minute by beat.
@@ -108,6 +117,7 @@ def export_watchdog(dry_run: bool = False) -> list[int]:
         logger.warning("export watchdog: job %s has no live runner, re-dispatching", pk)
         generate_csv_export.delay(pk)
     return stale
+    # --8<-- [end:watchdog]
 
 
 @shared_task

@@ -22,6 +22,7 @@ def export_list(request):
     return render(request, "exports/list.html", {"jobs": jobs})
 
 
+# --8<-- [start:start-export]
 @login_required
 @require_POST
 def start_export(request):
@@ -29,6 +30,7 @@ def start_export(request):
         job = ExportJob.objects.create(user=request.user)
         generate_csv_export.delay_on_commit(job.pk)  # the worker always finds the job
     return redirect("exports:detail", pk=job.pk)
+    # --8<-- [end:start-export]
 
 
 @login_required
@@ -36,6 +38,7 @@ def export_detail(request, pk):
     return render(request, "exports/detail.html", {"job": own_job(request, pk)})
 
 
+# --8<-- [start:progress]
 @login_required
 def export_progress(request, pk):
     """What the progress bar polls: rows done of total, rate, ETA, download link."""
@@ -55,6 +58,7 @@ def export_progress(request, pk):
             "download_url": reverse("exports:download", args=[job.pk]) if done else None,
         }
     )
+    # --8<-- [end:progress]
 
 
 @login_required

@@ -12,6 +12,7 @@ from .providers import CardDeclined, ProviderTimeout, ProviderUnavailable, get_p
 logger = logging.getLogger(__name__)
 
 
+# --8<-- [start:process-payment]
 @shared_task(bind=True, autoretry_for=(ProviderTimeout, ProviderUnavailable))
 def process_payment(self, order_id: int) -> str:
     """Charge order ``order_id`` exactly once, however often the message arrives.
@@ -77,8 +78,10 @@ def process_payment(self, order_id: int) -> str:
         order.save(update_fields=["status", "charge_id", "paid_at", "updated_at"])
     logger.info("payment: order %s paid with %s", order_id, charge.id)
     return "paid"
+    # --8<-- [end:process-payment]
 
 
+# --8<-- [start:reconcile]
 @shared_task
 def reconcile_stuck_payments(dry_run: bool = False) -> list[int]:
     """Re-dispatch payments stuck in PROCESSING (beat, every 5 minutes).
@@ -95,3 +98,4 @@ def reconcile_stuck_payments(dry_run: bool = False) -> list[int]:
         logger.warning("payment reconciliation: order %s stuck in processing, re-dispatching", pk)
         process_payment.delay(pk)
     return stuck
+    # --8<-- [end:reconcile]

@@ -12,6 +12,7 @@ class CheckoutForm(forms.Form):
     currency = forms.ChoiceField(choices=[("EUR", "EUR"), ("USD", "USD"), ("GBP", "GBP")])
 
 
+# --8<-- [start:checkout]
 @login_required
 def checkout(request):
     form = CheckoutForm(request.POST or None)
@@ -25,6 +26,7 @@ def checkout(request):
             process_payment.delay_on_commit(order.pk)
         return redirect("payments:order", pk=order.pk)
     return render(request, "payments/checkout.html", {"form": form})
+    # --8<-- [end:checkout]
 
 
 @login_required

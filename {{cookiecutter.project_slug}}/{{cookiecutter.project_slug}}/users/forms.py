@@ -4,6 +4,7 @@ from .models import PasswordResetRequest
 from .tasks import send_password_reset_email
 
 
+# --8<-- [start:queued-reset-form]
 class QueuedPasswordResetForm(PasswordResetForm):
     """Django's password reset form, with the email sent by a worker on ``high``.
 
@@ -18,3 +19,4 @@ class QueuedPasswordResetForm(PasswordResetForm):
         # fresh state. delay_on_commit sends only once the surrounding
         # transaction (if any) has committed, so the worker never misses a row.
         send_password_reset_email.delay_on_commit(user.pk, reset.pk)
+        # --8<-- [end:queued-reset-form]

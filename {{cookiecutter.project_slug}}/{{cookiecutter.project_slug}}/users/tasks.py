@@ -18,6 +18,7 @@ from .models import PasswordResetRequest
 
 logger = logging.getLogger(__name__)
 
+# --8<-- [start:send-password-reset]
 # How long a claim stays valid. Longer than the high pool's 30 s hard limit: once
 # it expires, whoever claimed the email is certainly dead and another try may send.
 CLAIM_LEASE = timedelta(seconds=60)
@@ -64,6 +65,7 @@ def send_password_reset_email(user_id: int, request_id: int | None = None) -> st
         requests.update(sent_at=timezone.now())
     logger.info("password reset email sent to user %s", user.pk)
     return "sent"
+    # --8<-- [end:send-password-reset]
 
 
 def _send(user) -> None:

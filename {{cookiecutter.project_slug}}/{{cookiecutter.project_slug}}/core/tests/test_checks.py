@@ -2,6 +2,7 @@
 
 import pytest
 from django.core.management import call_command
+from kombu import Exchange, Queue
 
 from config import topology
 from config.celery_app import app
@@ -74,6 +75,8 @@ def test_visibility_timeout_exceeds_every_hard_limit():
 
 
 def test_retry_backoff_longer_than_visibility_timeout_fails_the_check(settings):
+    settings.CELERY_BROKER_URL = "redis://localhost:6379/0"
+    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": topology.VISIBILITY_TIMEOUT}
     settings.TASK_RETRY_POLICY = settings.TASK_RETRY_POLICY | {"retry_backoff_max": topology.VISIBILITY_TIMEOUT}
     assert ids(check_pools(None)) == {"topology.E008"}
 
@@ -84,3 +87,18 @@ def test_beat_entry_without_queue_or_expires_fails_the_check(settings):
     assert check_beat_schedule(None) == []
     settings.CELERY_BEAT_SCHEDULE = {"nightly": {"task": "x", "schedule": 60, "options": {}}}
     assert ids(check_beat_schedule(None)) == {"topology.E009", "topology.E010"}
+
+
+def test_quorum_queue_on_a_direct_exchange_fails_the_check(settings):
+    settings.CELERY_BROKER_URL = "amqp://guest:guest@localhost:5672//"
+    settings.CELERY_TASK_QUEUES = [
+        Queue(name, Exchange(name, type="direct"), routing_key=name, queue_arguments={"x-queue-type": "quorum"})
+        for name in topology.QUEUES
+    ]
+    assert ids(check_pools(None)) == {"topology.E012"}
+    # Topic exchanges, as the RabbitMQ option of the template declares them, pass.
+    settings.CELERY_TASK_QUEUES = [
+        Queue(name, Exchange(name, type="topic"), routing_key=name, queue_arguments={"x-queue-type": "quorum"})
+        for name in topology.QUEUES
+    ]
+    assert ids(check_pools(None)) == set()

@@ -1,5 +1,7 @@
 """The dead-letter record: written after the last retry, listed and replayed by operators."""
 
+from types import SimpleNamespace
+
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
@@ -10,6 +12,7 @@ from {{ cookiecutter.project_slug }}.payments.providers import SandboxProvider
 from {{ cookiecutter.project_slug }}.payments.tasks import process_payment
 
 from ..models import FailedTask
+from ..task_base import queue_of
 
 
 @pytest.fixture
@@ -62,3 +65,16 @@ def test_admin_action_replays(failed_payment, client):
     assert response.status_code == 302
     order.refresh_from_db()
     assert order.status == Order.Status.PAID
+
+
+@pytest.mark.parametrize(
+    ("routing_key", "queue"),
+    [
+        ("high", "high"),
+        # A retry delayed by RabbitMQ (native delayed delivery): 2 s in 28 binary digits.
+        ("0." * 26 + "1.0.high", "high"),
+        (None, ""),
+    ],
+)
+def test_the_queue_of_a_message_ignores_a_delay_prefix(routing_key, queue):
+    assert queue_of(SimpleNamespace(delivery_info={"routing_key": routing_key})) == queue

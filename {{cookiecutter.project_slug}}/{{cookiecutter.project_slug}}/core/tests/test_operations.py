@@ -78,8 +78,10 @@ def test_metrics_need_credentials(client, settings):
     assert client.get("/metrics", HTTP_AUTHORIZATION=basic(":")).status_code == 401
 
 
-def test_metrics_export_latency_sla_and_task_outcomes(client, settings):
+def test_metrics_export_latency_sla_and_task_outcomes(client, settings, monkeypatch):
     settings.METRICS_BASIC_AUTH = "prometheus:secret"
+    # The broker's own answer is tested against real queues in tests/test_broker_integration.py.
+    monkeypatch.setattr(metrics, "queue_depths", lambda: {"export": 3})
     store = metrics.store()
     store.delete(metrics.RUNS, metrics.SECONDS, metrics.LATENCY)
     metrics.record_latency("high", 0.25)
@@ -91,7 +93,7 @@ def test_metrics_export_latency_sla_and_task_outcomes(client, settings):
     assert response.status_code == 200
     assert 'celery_queue_latency_seconds{queue="high"} 0.25' in body
     assert 'celery_queue_sla_seconds{queue="high"} 1.0' in body
-    assert 'celery_queue_depth{queue="export"}' in body
+    assert 'celery_queue_depth{queue="export"} 3.0' in body
     assert 'celery_task_runs_total{outcome="success",task="demo.tasks.example"} 1.0' in body
 
 

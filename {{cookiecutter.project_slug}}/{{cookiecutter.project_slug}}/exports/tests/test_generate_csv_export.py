@@ -6,6 +6,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from celery.exceptions import Retry, SoftTimeLimitExceeded
 from django.contrib.auth import get_user_model
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
@@ -172,6 +173,31 @@ def test_a_runner_that_lost_its_lease_stops_writing(user):
     assert len(job.parts) == 2  # the header and the one batch checkpointed before the takeover
     on_disk = default_storage.listdir(f"exports/{job.pk}")[1]
     assert sorted(f"exports/{job.pk}/{name}" for name in on_disk) == sorted(job.parts)  # its next part was removed
+
+
+def test_soft_time_limit_releases_the_lease_and_the_retry_continues(user, monkeypatch):
+    """Out of time is not out of progress: the retry resumes from the last checkpoint."""
+    add_rows(user, descriptions=[f"row {i}" for i in range(30)])
+    clean = export_bytes(user)
+    job = ExportJob.objects.create(user=user)
+    write_part, calls = ExportRunner._write_part, []
+
+    def soft_limit_during_the_third_batch(runner, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:  # the header part, two batches, then the pool's soft limit strikes
+            raise SoftTimeLimitExceeded
+        return write_part(runner, *args, **kwargs)
+
+    monkeypatch.setattr(ExportRunner, "_write_part", soft_limit_during_the_third_batch)
+    with pytest.raises(Retry):
+        generate_csv_export(job.pk)
+
+    job.refresh_from_db()
+    assert (job.status, job.processed_rows, job.lease_owner) == (ExportJob.Status.RUNNING, 2 * 4, "")
+    assert generate_csv_export(job.pk) == "completed"  # the retry: no lease to wait for
+    job.refresh_from_db()
+    with job.file.open("rb") as handle:
+        assert handle.read() == clean
 
 
 def test_watchdog_redispatches_jobs_whose_runner_died(user):

@@ -96,6 +96,7 @@ def test_status_machine_refuses_impossible_moves(order):
         order.move_to(Order.Status.PENDING)
 
 
+# --8<-- [start:on-commit-unit]
 def test_checkout_sends_the_payment_only_after_commit(user, client, django_capture_on_commit_callbacks):
     client.force_login(user)
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
@@ -109,6 +110,7 @@ def test_checkout_sends_the_payment_only_after_commit(user, client, django_captu
 
     order.refresh_from_db()
     assert order.status == Order.Status.PAID
+    # --8<-- [end:on-commit-unit]
 
 
 def test_checkout_needs_a_login(client, db):

@@ -1,0 +1,1 @@
+"""Failure drills: the baked project on real Postgres, Redis and worker pools, broken on purpose."""

@@ -1,0 +1,171 @@
+"""The drills' hands inside the baked project: dispatch work, report state, as JSON.
+
+Copied into the root of the baked project and run there with the same environment
+as its worker pools (``python drill_driver.py <command> ...``). It only uses what a
+user's own code would: the models, the tasks, ``.delay()``. Every command prints
+one JSON document on stdout.
+
+It finds the apps by label (``payments``, ``exports``, ``users``, ``core``), so it
+works whatever the project is called.
+"""
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import django
+from django.apps import apps
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.files.storage import default_storage
+from django.db import connection
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.test")
+django.setup()
+
+Order = apps.get_model("payments", "Order")
+SandboxCharge = apps.get_model("payments", "SandboxCharge")
+ExportJob = apps.get_model("exports", "ExportJob")
+Transaction = apps.get_model("exports", "Transaction")
+PasswordResetRequest = apps.get_model("users", "PasswordResetRequest")
+FailedTask = apps.get_model("core", "FailedTask")
+
+
+def module(label: str, name: str):
+    """``module("payments", "tasks")`` is ``<project>.payments.tasks``."""
+    return importlib.import_module(f"{apps.get_app_config(label).name}.{name}")
+
+
+def demo_user():
+    return get_user_model().objects.get(username="demo")
+
+
+def orders(args) -> dict:
+    """Create unpaid orders for ``demo``; script the sandbox provider for each of them."""
+    provider = module("payments", "providers").SandboxProvider()
+    created = []
+    for index in range(args.count):
+        order = Order.objects.create(user=demo_user(), amount_cents=1000 + index)
+        if args.plan:
+            provider.plan(str(order.idempotency_key), *args.plan)
+        created.append(order.pk)
+    return {"orders": created}
+
+
+def pay(args) -> dict:
+    process_payment = module("payments", "tasks").process_payment
+    return {"tasks": [process_payment.delay(order_id).id for order_id in args.order_ids]}
+
+
+def resets(args) -> dict:
+    """One new user and one "forgot my password" request each, dispatched like the view does."""
+    send = module("users", "tasks").send_password_reset_email
+    created = []
+    for _ in range(args.count):
+        name = f"drill-{uuid.uuid4().hex[:12]}"
+        user = get_user_model().objects.create_user(name, f"{name}@example.com", "pw")
+        request = PasswordResetRequest.objects.create(user=user)
+        send.delay(user.pk, request.pk)
+        created.append({"user": user.pk, "request": request.pk})
+    return {"resets": created}
+
+
+def export(args) -> dict:
+    job = ExportJob.objects.create(user=demo_user())
+    result = module("exports", "tasks").generate_csv_export.delay(job.pk)
+    return {"job": job.pk, "task": result.id}
+
+
+def watchdog(args) -> dict:
+    """Run the export watchdog through the broker, as beat does every minute."""
+    stale = module("exports", "tasks").export_watchdog.delay().get(timeout=60)
+    return {"redispatched": stale}
+
+
+def reference(args) -> dict:
+    """The demo user's transactions as one plain COPY: what every export must equal, byte for byte.
+
+    Independent of the export engine's batches, parts and checkpoints: the header,
+    then every row formatted by Postgres in a single statement.
+    """
+    csv_export = module("exports", "csv_export")
+    user = demo_user()
+    last = Transaction.objects.filter(user=user).order_by("-pk").values_list("pk", flat=True).first() or 0
+    sql = "COPY (" + csv_export.COPY_SELECT.format(table=Transaction._meta.db_table) + ") TO STDOUT (FORMAT csv)"
+    path = Path(settings.MEDIA_ROOT) / "drills" / "reference.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as out, connection.cursor() as cursor, cursor.cursor.copy(sql, [user.pk, 0, last]) as copy:
+        out.write(csv_export.HEADER_LINE)
+        for block in copy:
+            out.write(block)
+    return {"path": str(path), "rows": Transaction.objects.filter(user=user).count()}
+
+
+def state(args) -> dict:
+    """Everything the drills assert on, read from the database."""
+    charges: dict[str, int] = {}
+    for key in SandboxCharge.objects.values_list("idempotency_key", flat=True):
+        charges[key] = charges.get(key, 0) + 1
+    return {
+        "orders": {
+            order.pk: {
+                "status": order.status,
+                "key": str(order.idempotency_key),
+                "charge_id": order.charge_id,
+                "attempts": order.payment_attempts,
+            }
+            for order in Order.objects.all()
+        },
+        "ledger": {row.idempotency_key: row.charge_id for row in SandboxCharge.objects.all()},
+        "charges_per_key": charges,
+        "exports": {
+            job.pk: {
+                "status": job.status,
+                "processed_rows": job.processed_rows,
+                "total_rows": job.total_rows,
+                "parts": job.parts,
+                "file": default_storage.path(job.file.name) if job.file else None,
+                "lease_owner": job.lease_owner,
+                "error": job.error,
+            }
+            for job in ExportJob.objects.all()
+        },
+        "resets": {
+            request.pk: {"user": request.user_id, "sent": request.sent_at is not None}
+            for request in PasswordResetRequest.objects.all()
+        },
+        "failed_tasks": [
+            {"task": failed.task_name, "args": failed.args, "exception": failed.exception_type}
+            for failed in FailedTask.objects.all()
+        ],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    command = commands.add_parser("orders", help="create orders (and script the sandbox provider)")
+    command.add_argument("count", type=int)
+    command.add_argument("--plan", nargs="*", default=[], help="sandbox behaviours, e.g. slow:1 hang_after_charge:30")
+    command.set_defaults(run=orders)
+    command = commands.add_parser("pay", help="dispatch process_payment for each order")
+    command.add_argument("order_ids", type=int, nargs="+")
+    command.set_defaults(run=pay)
+    command = commands.add_parser("resets", help="create users and dispatch one password reset each")
+    command.add_argument("count", type=int)
+    command.set_defaults(run=resets)
+    commands.add_parser("export", help="create and dispatch an export of demo's transactions").set_defaults(run=export)
+    commands.add_parser("watchdog", help="run the export watchdog, as beat does").set_defaults(run=watchdog)
+    commands.add_parser("reference", help="write the reference CSV (one plain COPY)").set_defaults(run=reference)
+    commands.add_parser("state", help="report orders, charges, exports, resets, dead letters").set_defaults(run=state)
+    args = parser.parse_args()
+    print(json.dumps(args.run(args)))
+
+
+if __name__ == "__main__":
+    main()

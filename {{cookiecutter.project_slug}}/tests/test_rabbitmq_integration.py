@@ -1,0 +1,93 @@
+"""What RabbitMQ changes, proven on the real server (this file exists only with broker=rabbitmq).
+
+Quorum queues, countdowns held by the broker rather than by a worker (native
+delayed delivery), and a dead worker's message handed back at once instead of
+after Redis's visibility timeout.
+"""
+
+import re
+import signal
+import time
+
+import pytest
+import yaml
+from amqp.exceptions import PreconditionFailed
+from kombu import Exchange, Queue
+
+from {{ cookiecutter.project_slug }}.core.metrics import queue_depths
+from {{ cookiecutter.project_slug }}.core.tasks import dispatch_latency_probes
+from {{ cookiecutter.project_slug }}.exports.models import ExportJob
+from {{ cookiecutter.project_slug }}.exports.tasks import generate_csv_export
+
+from .conftest import ROOT, wait_for
+from .test_exports_integration import clean_export, demo, finished, progress, runners  # noqa: F401 (demo: fixture)
+
+pytestmark = pytest.mark.integration
+
+
+def test_task_queues_are_quorum_queues(live_celery):
+    app = dispatch_latency_probes.app
+    with app.connection_for_write() as connection:
+        for name in ("high", "default", "low", "export"):
+            # Re-declaring an existing queue with other arguments is refused: proof of its type.
+            classic = Queue(
+                name, Exchange(name, type="topic"), routing_key=name, queue_arguments={"x-queue-type": "classic"}
+            )
+            with pytest.raises(PreconditionFailed, match="x-queue-type"):
+                classic.bind(connection.channel()).queue_declare()
+
+
+def test_every_pool_set_up_native_delayed_delivery(live_celery):
+    """The pools started together in a fresh vhost; each bound every queue (config/celery_app.py)."""
+    for pool in ("worker-high", "worker-default", "worker-export"):
+        log = live_celery.log(pool)
+        assert "ready." in log
+        assert "delayed delivery" not in log.lower(), log
+
+
+def test_a_countdown_waits_in_the_broker_not_in_a_worker(live_celery):
+    app, worker_default = dispatch_latency_probes.app, live_celery.hostname("worker-default")
+    started = time.monotonic()
+    result = dispatch_latency_probes.apply_async(kwargs={"dry_run": True}, countdown=4)
+    time.sleep(1)
+    # With Redis (or a direct exchange) worker-default would hold the message as a
+    # scheduled ETA task, tying up a slot of its prefetch until it is due.
+    scheduled = app.control.inspect(destination=[worker_default], timeout=2).scheduled() or {}
+    assert scheduled.get(worker_default) == []
+    assert result.get(timeout=30) == ["high", "default", "low", "export"]
+    assert time.monotonic() - started >= 4
+
+
+def test_a_killed_worker_hands_its_message_back_at_once(live_celery, demo):  # noqa: F811
+    job = ExportJob.objects.create(user=demo)
+    generate_csv_export.delay(job.pk)
+    wait_for(lambda: progress(job) >= 0.2, message="20% of the export")
+
+    live_celery.kill("worker-export", signal.SIGKILL, whole_group=True)  # like the OOM killer
+    # The connection died with the worker, so RabbitMQ requeued the unacknowledged
+    # message at once. (Redis would keep it invisible for the visibility timeout.)
+    wait_for(lambda: queue_depths().get("export") == 1, 30, "the export message back in its queue")
+    # Restart once the dead runner's lease has expired: the redelivered message
+    # takes the job over and resumes it. No watchdog involved.
+    wait_for(lambda: ExportJob.stale().filter(pk=job.pk).exists(), message="the lease to expire")
+    live_celery.restart("worker-export")
+
+    job = wait_for(lambda: finished(job), message="the resumed export")
+    with job.file.open("rb") as handle:
+        assert handle.read() == clean_export(demo)
+    assert len(runners(job)) == 2  # resumed by a second runner, not restarted from zero
+
+
+@pytest.mark.parametrize("filename", ["docker-compose.yml", "docker-compose.production.yml"])
+def test_compose_rabbitmq_lets_the_longest_task_hold_its_message(filename):
+    """RabbitMQ closes the channel of a delivery unacknowledged for consumer_timeout ms.
+
+    With late acks a task holds its message while it runs: the timeout must exceed
+    the longest hard time limit, or a long export would be cut off and redelivered.
+    """
+    from config import topology
+
+    service = yaml.safe_load((ROOT / filename).read_text())["services"]["rabbitmq"]
+    args = service["environment"]["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"]
+    timeout_ms = int(re.search(r"-rabbit consumer_timeout (\d+)", args).group(1))
+    assert timeout_ms >= topology.VISIBILITY_TIMEOUT * 1000 > topology.longest_time_limit() * 1000
