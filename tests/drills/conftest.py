@@ -33,9 +33,10 @@ import redis
 from celery import Celery
 from cookiecutter.main import cookiecutter
 
+from ..conftest import POSTGRES, reachable
+
 TEMPLATE = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).with_name("driver.py")
-POSTGRES = ("127.0.0.1", int(os.environ.get("POSTGRES_PORT", "5432")))
 # 50 batches of 500 rows (config.settings.test), 0.2 s apart: an export takes
 # about 10 s, long enough to break it part-way through.
 TRANSACTIONS = 25_000
@@ -60,14 +61,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def reachable(address) -> bool:
-    try:
-        with socket.create_connection(address, timeout=2):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="session")
@@ -357,3 +350,14 @@ def pools(session_pools) -> Pools:
 def part_owners(parts: list[str]) -> list[str]:
     """The runners (lease owners) that wrote an export's parts, in the order they wrote them."""
     return list(dict.fromkeys(name.rsplit("-", 1)[1].removesuffix(".csv") for name in parts))
+
+
+def assert_each_order_charged_once(state: dict, orders: list[int]) -> None:
+    """Every order paid, one charge per idempotency key in the provider's ledger, the one we recorded."""
+    for order_id in orders:
+        order = state["orders"][str(order_id)]
+        assert order["status"] == "paid"
+        assert state["charges_per_key"][order["key"]] == 1
+        assert state["ledger"][order["key"]] == order["charge_id"]
+    # The drill hit payments in flight: they ran again, and still charged once.
+    assert any(state["orders"][str(order_id)]["attempts"] > 1 for order_id in orders)

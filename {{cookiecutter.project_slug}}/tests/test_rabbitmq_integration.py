@@ -11,7 +11,7 @@ import time
 
 import pytest
 import yaml
-from amqp.exceptions import PreconditionFailed
+from amqp.exceptions import MessageNacked, PreconditionFailed
 from kombu import Exchange, Queue
 
 from {{ cookiecutter.project_slug }}.core.metrics import queue_depths
@@ -35,6 +35,30 @@ def test_task_queues_are_quorum_queues(live_celery):
             )
             with pytest.raises(PreconditionFailed, match="x-queue-type"):
                 classic.bind(connection.channel()).queue_declare()
+
+
+def test_publisher_confirms_raise_when_the_broker_refuses_a_message(live_celery):
+    """A message RabbitMQ did not take raises in the sender instead of vanishing.
+
+    A quorum queue that holds one message and rejects the rest stands in for any
+    refusal (a full disk, a queue at its length limit). Without confirms every
+    publish below would "succeed" and the messages would be gone.
+    """
+    app = dispatch_latency_probes.app
+    full = Queue(
+        "confirms-probe",
+        Exchange("confirms-probe", type="topic"),
+        routing_key="confirms-probe",
+        queue_arguments={"x-queue-type": "quorum", "x-max-length": 1, "x-overflow": "reject-publish"},
+    )
+    with app.producer_or_acquire() as producer:
+        full.bind(producer.channel).declare()
+        try:
+            with pytest.raises(MessageNacked):
+                for _ in range(5):
+                    producer.publish({"probe": True}, exchange=full.exchange, routing_key=full.routing_key)
+        finally:
+            full.bind(producer.channel).delete()
 
 
 def test_every_pool_set_up_native_delayed_delivery(live_celery):
