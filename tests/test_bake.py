@@ -131,3 +131,16 @@ def test_template_repository_code_is_ruff_clean():
     paths = ["hooks", "tests", "benchmarks"]
     assert_ok(run(["ruff", "check", *paths], TEMPLATE))
     assert_ok(run(["ruff", "format", "--check", *paths], TEMPLATE))
+
+
+def test_no_template_file_is_hidden_from_git():
+    """The baked project's own .gitignore hides .envs/.production: a template file it
+    hides is missing from every clone, and a bake from a clone fails or lacks it."""
+    if not (TEMPLATE / ".git").exists():
+        pytest.skip("not a git checkout")
+    result = run(
+        ["git", "ls-files", "--others", "--ignored", "--exclude-standard", "{{cookiecutter.project_slug}}"], TEMPLATE
+    )
+    assert_ok(result)
+    hidden = [line for line in result.stdout.splitlines() if "__pycache__" not in line and ".ruff_cache" not in line]
+    assert hidden == [], "force-add them: git add -f " + " ".join(hidden)
