@@ -52,11 +52,15 @@ def test_publisher_confirms_raise_when_the_broker_refuses_a_message(live_celery)
         queue_arguments={"x-queue-type": "quorum", "x-max-length": 1, "x-overflow": "reject-publish"},
     )
     with app.producer_or_acquire() as producer:
+
+        def publish_a_few():
+            for _ in range(5):
+                producer.publish({"probe": True}, exchange=full.exchange, routing_key=full.routing_key)
+
         full.bind(producer.channel).declare()
         try:
             with pytest.raises(MessageNacked):
-                for _ in range(5):
-                    producer.publish({"probe": True}, exchange=full.exchange, routing_key=full.routing_key)
+                publish_a_few()
         finally:
             full.bind(producer.channel).delete()
 
