@@ -40,7 +40,7 @@ class FailedTask(models.Model):
                 "task_name": task.name,
                 "args": list(args or []),
                 "kwargs": dict(kwargs or {}),
-                "queue": queue_of(task.request),
+                "queue": queue_of(task.request, task),
                 "exception_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
                 "exception_message": str(exc),
                 "traceback": str(einfo) if einfo else "",

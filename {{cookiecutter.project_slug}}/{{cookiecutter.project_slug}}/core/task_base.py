@@ -41,9 +41,17 @@ DATABASE_CONNECTION_ERRORS = (OperationalError, InterfaceError)
 _DELAY_PREFIX = re.compile(r"^(?:[01]\.){28}")
 
 
-def queue_of(request) -> str:
-    """The queue a task message was delivered from: its routing key, minus any delay prefix."""
+def queue_of(request, task=None) -> str:
+    """The queue a task message was delivered from: its routing key, minus any delay prefix.
+
+    Without delivery info (Celery runs the failure hooks of a task killed at its
+    hard time limit in the worker's main process, outside the task's request),
+    the queue ``task`` is routed to.
+    """
     routing_key = (request.delivery_info or {}).get("routing_key") or ""
+    if not routing_key and task is not None:
+        queue = task.app.amqp.router.route({}, task.name).get("queue")
+        return getattr(queue, "name", queue) or ""
     return _DELAY_PREFIX.sub("", routing_key)
 
 

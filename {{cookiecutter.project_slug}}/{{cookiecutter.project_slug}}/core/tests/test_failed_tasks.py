@@ -78,3 +78,8 @@ def test_admin_action_replays(failed_payment, client):
 )
 def test_the_queue_of_a_message_ignores_a_delay_prefix(routing_key, queue):
     assert queue_of(SimpleNamespace(delivery_info={"routing_key": routing_key})) == queue
+
+
+def test_without_delivery_info_the_queue_is_the_tasks_route():
+    """A task killed at its hard time limit has its failure hooks run outside its request."""
+    assert queue_of(SimpleNamespace(delivery_info=None), process_payment) == "high"
