@@ -159,7 +159,7 @@ class BaseTask(DjangoTask):
             "task=%s id=%s queue=%s worker=%s retries=%s duration=%.3fs outcome=%s",
             self.name,
             task_id,
-            queue_of(self.request),
+            queue_of(self.request, self),
             self.request.hostname,
             self.request.retries,
             duration,
