@@ -21,8 +21,9 @@ TERMINATE = """
 
 
 def test_database_connections_cut_mid_task_are_retried_without_corruption(project, pools):
-    # The provider answers slowly, so payments hold their connection across the cut.
-    orders = project.driver("orders", PAYMENTS, "--plan", "slow:1")["orders"]
+    # The provider answers slowly (2 s), so a payment is still inside its call when
+    # the cut comes, and its next query meets a dead connection.
+    orders = project.driver("orders", PAYMENTS, "--plan", "slow:2")["orders"]
     job = project.driver("export")["job"]
     wait_for(lambda: project.export_progress(job) >= 0.2, message="20% of the export")
     project.driver("pay", *orders)

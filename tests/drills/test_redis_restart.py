@@ -21,12 +21,14 @@ RESETS = 6
 
 
 def test_redis_crash_mid_flow_loses_nothing_and_doubles_nothing(project, pools, redis_server):
-    orders = project.driver("orders", PAYMENTS, "--plan", "slow:1")["orders"]
+    # The provider takes 3 s: long enough that the crash lands inside a payment
+    # (the worker notices the lost connection up to a second later), not after it.
+    orders = project.driver("orders", PAYMENTS, "--plan", "slow:3")["orders"]
     job = project.driver("export")["job"]
     wait_for(lambda: project.export_progress(job) >= 0.2, message="20% of the export")
     project.driver("pay", *orders)
     resets = project.driver("resets", RESETS)["resets"]
-    # Two payments run on worker-high (slow:1 at the provider), the other
+    # Two payments run on worker-high (slow:3 at the provider), the other
     # payments and the resets wait in the "high" queue, the export runs.
     wait_for(lambda: project.orders_in("processing", orders), message="a payment in flight")
 
