@@ -1,5 +1,6 @@
 """Delete the files of options that are off and fill in generated secrets."""
 
+import os
 import secrets
 import shutil
 import string
@@ -44,6 +45,10 @@ SECRETS = {
     "!!!PRODUCTION_POSTGRES_PASSWORD!!!": token(32),
     "!!!LOCAL_RABBITMQ_PASSWORD!!!": token(32),
     "!!!PRODUCTION_RABBITMQ_PASSWORD!!!": token(32),
+    # Not secrets: who baked the project, so the development containers run as that user
+    # (docker-compose.yml). Windows has no uids; Docker Desktop maps file ownership itself.
+    "!!!HOST_UID!!!": str(os.getuid() if hasattr(os, "getuid") else 1000),
+    "!!!HOST_GID!!!": str(os.getgid() if hasattr(os, "getgid") else 1000),
 }
 
 

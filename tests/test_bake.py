@@ -1,6 +1,7 @@
 """Every pair of option values bakes a clean, checkable project."""
 
 import itertools
+import os
 import re
 
 import pytest
@@ -112,6 +113,13 @@ def test_secrets_are_generated_per_bake(cookies):
     ]
     assert len(keys[0]) >= 50
     assert keys[0] != keys[1]
+
+
+def test_compose_runs_as_the_user_who_baked(cookies):
+    """.env carries the baker's ids; docker-compose.yml builds the development image with them."""
+    env = (cookies.bake().project_path / ".env").read_text()
+    assert f"\nAPP_UID={os.getuid()}\n" in env
+    assert f"\nAPP_GID={os.getgid()}\n" in env
 
 
 def test_the_matrix_bakes_every_pair_of_option_values():

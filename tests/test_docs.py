@@ -55,6 +55,7 @@ PATTERN_PAGES = [
     "testing.md",
     "when-not-to-use-a-task.md",
     "broker-choice.md",
+    "docker-compose.md",
 ]
 SECTIONS = ["## The failure", "## Wrong", "## Right", "## Settings", "## Tests that prove it"]
 

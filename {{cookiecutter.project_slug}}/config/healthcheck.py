@@ -3,6 +3,7 @@
     python -m config.healthcheck worker-high   # its heartbeat file is fresh
     python -m config.healthcheck beat          # beat's heartbeat file is fresh
     python -m config.healthcheck web           # GET /healthz answers 200
+    python -m config.healthcheck flower        # Flower's open /healthcheck answers 200
 
 Worker pools and beat touch a heartbeat file from their own main loop (see
 ``config/celery_app.py`` and ``core/beat.py``): a fresh file proves the loop runs,
@@ -46,22 +47,25 @@ def fresh(process: str, max_age: float) -> bool:
         return False
 
 
-def web_ok(port: str) -> bool:
+def answers(port: str, path: str) -> bool:
+    """GET ``path`` on this host answers 200 (unauthenticated pages: /healthz, Flower's /healthcheck)."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=3) as response:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as response:
             return response.status == 200
     except OSError:
         return False
 
 
 def main(argv: list[str]) -> int:
-    names = ["web", "beat", *(pool.name for pool in POOLS)]
+    names = ["web", "flower", "beat", *(pool.name for pool in POOLS)]
     if len(argv) != 1 or argv[0] not in names:
         print("usage: python -m config.healthcheck " + "|".join(names), file=sys.stderr)
         return 2
     process = argv[0]
     if process == "web":
-        healthy = web_ok(os.environ.get("PORT", "8000"))
+        healthy = answers(os.environ.get("PORT", "8000"), "/healthz")
+    elif process == "flower":
+        healthy = answers(os.environ.get("FLOWER_PORT", "5555"), "/healthcheck")
     else:
         if process != "beat":
             pool_named(process)

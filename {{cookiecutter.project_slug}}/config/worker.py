@@ -10,7 +10,7 @@ Environment:
   WORKER_<POOL>_CONCURRENCY   override the pool's concurrency (e.g. small in tests)
   CELERY_LOG_LEVEL            worker log level (default INFO)
   CELERY_WORKER_AUTORELOAD    "1" restarts the worker when Python files change
-                              (development only; needs watchfiles)
+                              (development only; needs watchfiles; config/autoreload.py)
   REMAP_SIGTERM               set to SIGQUIT unless given: SIGTERM starts Celery's
                               soft shutdown instead of waiting for every task
 """
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import shutil
 import sys
 
 from config.topology import POOLS, pool_named
@@ -42,14 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--print", action="store_true", help="print the command instead of running it")
     options = parser.parse_args(argv)
 
-    command = build_command(options.pool)
-    if os.environ.get("CELERY_WORKER_AUTORELOAD") == "1":
-        watchfiles = shutil.which("watchfiles")
-        if watchfiles is None:
-            sys.exit("CELERY_WORKER_AUTORELOAD=1 needs watchfiles (pip install -r requirements/local.txt)")
-        # watchfiles runs the worker and restarts it when a .py file changes.
-        command = [watchfiles, "--filter", "python", shlex.join(command), "."]
-
+    pool = pool_named(options.pool)
+    command = build_command(pool.name)
+    autoreload = os.environ.get("CELERY_WORKER_AUTORELOAD") == "1"
     if options.print:
         print(shlex.join(command))
         return
@@ -63,6 +57,12 @@ def main(argv: list[str] | None = None) -> None:
     # the broker at once (late acks).
     os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
     sys.stdout.flush()
+    if autoreload:
+        # Development: restart on code changes; SIGTERM still reaches the worker
+        # as a soft shutdown, on stop and on every reload.
+        from config import autoreload as reloader
+
+        sys.exit(reloader.run(command, ".", reload_grace=pool.soft_shutdown_timeout))
     os.execv(command[0], command)  # noqa: S606 -- exec: signals from Docker/honcho reach the worker directly
     # --8<-- [end:remap-sigterm]
 

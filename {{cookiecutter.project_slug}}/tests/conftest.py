@@ -151,9 +151,9 @@ class WorkerPools:
         os.killpg(process.pid, sig) if whole_group else os.kill(process.pid, sig)
         process.wait(timeout=timeout)
 
-    def restart(self, pool_name: str) -> None:
-        """Start the pool again from its Procfile line, as a process manager would."""
-        self.processes[pool_name] = start_process(pool_name, self.env, self.logs[pool_name])
+    def restart(self, pool_name: str, **env: str) -> None:
+        """Start the pool again from its Procfile line, as a process manager would (``env``: overrides)."""
+        self.processes[pool_name] = start_process(pool_name, self.env | env, self.logs[pool_name])
         self.wait_until_ready([pool_name])
 
 

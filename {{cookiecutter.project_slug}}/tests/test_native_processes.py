@@ -85,6 +85,12 @@ def test_web_healthcheck_command(native):
     wait_for(lambda: run_healthcheck("web", native["env"]) == 0, message="the web healthcheck to pass")
 
 
+def test_flower_healthcheck_command(native):
+    wait_for(lambda: run_healthcheck("flower", native["env"]) == 0, message="the flower healthcheck to pass")
+    nobody_there = native["env"] | {"FLOWER_PORT": str(free_port())}
+    assert run_healthcheck("flower", nobody_there) == 1
+
+
 def run_healthcheck(process: str, env: dict) -> int:
     command = [sys.executable, "-m", "config.healthcheck", process]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, check=False).returncode

@@ -94,9 +94,10 @@ def test_stop_grace_period_covers_the_soft_shutdown(filename):
 
 
 @pytest.mark.parametrize("filename", COMPOSE_FILES)
-def test_web_workers_and_beat_have_cheap_healthchecks(filename):
+def test_web_workers_beat_and_flower_have_cheap_healthchecks(filename):
     services = compose(filename)
-    for name, process in [("django", "web"), ("beat", "beat"), *((pool.name, pool.name) for pool in topology.POOLS)]:
+    fixed = [("django", "web"), ("beat", "beat"), ("flower", "flower")]
+    for name, process in [*fixed, *((pool.name, pool.name) for pool in topology.POOLS)]:
         assert services[name]["healthcheck"]["test"] == ["CMD", "python", "-m", "config.healthcheck", process], name
 
 

@@ -1,0 +1,130 @@
+"""Run inside a stack's django container: ``manage.py shell`` reads this file from stdin.
+
+The action and its arguments come from the environment (``docker compose exec -e``),
+because ``shell`` takes no arguments for a script. The last line printed is
+``RESULT: <json>``. Only the project's public surface is used (models by app label,
+tasks by registered name), so the script works for any project slug, and in the
+production image, which has no test tools.
+"""
+
+import hashlib
+import importlib
+import json
+import os
+
+from config.celery_app import app
+from django.apps import apps
+from django.conf import settings
+from django.contrib.auth import get_user_model
+
+Order = apps.get_model("payments", "Order")
+SandboxCharge = apps.get_model("payments", "SandboxCharge")
+ExportJob = apps.get_model("exports", "ExportJob")
+TIMEOUT = float(os.environ.get("TIMEOUT", "120"))
+
+
+def task(suffix: str):
+    return next(task for name, task in app.tasks.items() if name.endswith(suffix))
+
+
+def demo():
+    return get_user_model().objects.get(username="demo")
+
+
+def result_of(async_result) -> dict:
+    value = async_result.get(timeout=TIMEOUT)
+    return {"result": value, "worker": async_result.worker, "queue": async_result.queue}
+
+
+def sha256(field) -> str:
+    with field.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def pay_one() -> dict:
+    order = Order.objects.create(user=demo(), amount_cents=4200)
+    return result_of(task("payments.tasks.process_payment").delay(order.pk)) | {"order": order.pk}
+
+
+def export_now() -> dict:
+    job = ExportJob.objects.create(user=demo())
+    return result_of(task("exports.tasks.generate_csv_export").delay(job.pk)) | {"job": job.pk}
+
+
+def exports_parallel() -> dict:
+    """COUNT exports sent at once; which workers ran them."""
+    generate = task("exports.tasks.generate_csv_export")
+    results = [generate.delay(ExportJob.objects.create(user=demo()).pk) for _ in range(int(os.environ["COUNT"]))]
+    return {"runs": [result_of(result) for result in results]}
+
+
+def export_start() -> dict:
+    job = ExportJob.objects.create(user=demo())
+    task("exports.tasks.generate_csv_export").delay(job.pk)
+    return {"job": job.pk}
+
+
+def export_status() -> dict:
+    job = ExportJob.objects.get(pk=int(os.environ["JOB"]))
+    runners = list(dict.fromkeys(name.rsplit("-", 1)[1].removesuffix(".csv") for name in job.parts))
+    return {
+        "status": job.status,
+        "processed_rows": job.processed_rows,
+        "lease_owner": job.lease_owner,
+        "runners": runners,
+        "sha256": sha256(job.file) if job.file else "",
+    }
+
+
+def export_reference() -> dict:
+    """The same user's rows exported in one go, in this process, unthrottled."""
+    csv_export = importlib.import_module(apps.get_app_config("exports").module.__name__ + ".csv_export")
+    settings.EXPORT_THROTTLE_SECONDS = 0
+    job = ExportJob.objects.create(user=demo())
+    runner = csv_export.ExportRunner(job.pk)
+    assert ExportJob.claim(job.pk, runner.owner)
+    return {"sha256": sha256(runner.run().file)}
+
+
+def payments_start() -> dict:
+    """N new orders, each slowed down at the sandbox provider, all dispatched at once."""
+    provider = importlib.import_module(apps.get_app_config("payments").module.__name__ + ".providers")
+    sandbox = provider.SandboxProvider()
+    orders = [Order.objects.create(user=demo(), amount_cents=1000 + n) for n in range(int(os.environ["COUNT"]))]
+    for order in orders:
+        sandbox.plan(str(order.idempotency_key), f"slow:{os.environ.get('SLOW', '0.5')}")
+    process_payment = task("payments.tasks.process_payment")
+    for order in orders:
+        process_payment.delay(order.pk)
+    return {"orders": [order.pk for order in orders]}
+
+
+def payments_status() -> dict:
+    orders = Order.objects.filter(pk__in=json.loads(os.environ["ORDERS"]))
+    keys = [str(order.idempotency_key) for order in orders]
+    charges = SandboxCharge.objects.filter(idempotency_key__in=keys)
+    return {
+        "paid": orders.filter(status=Order.Status.PAID).count(),
+        "statuses": sorted({order.status for order in orders}),
+        "charges": charges.count(),
+        "charged_keys": charges.values("idempotency_key").distinct().count(),
+    }
+
+
+def ping() -> dict:
+    replies = app.control.ping(timeout=float(os.environ.get("PING_TIMEOUT", "3"))) or []
+    return {"workers": sorted(name for reply in replies for name in reply)}
+
+
+ACTIONS = {
+    "pay-one": pay_one,
+    "export-now": export_now,
+    "export-start": export_start,
+    "exports-parallel": exports_parallel,
+    "export-status": export_status,
+    "export-reference": export_reference,
+    "payments-start": payments_start,
+    "payments-status": payments_status,
+    "ping": ping,
+}
+print("RESULT: " + json.dumps(ACTIONS[os.environ["ACTION"]]()))
