@@ -91,8 +91,14 @@ class Stack:
 
     def check_ports_free(self) -> None:
         """One clear line instead of Docker's bind error deep in an `up` log."""
+        ours = {  # already published by this stack's running containers: not a conflict
+            int(binding["HostPort"])
+            for container in self.containers()
+            for bindings in (container["NetworkSettings"]["Ports"] or {}).values()
+            for binding in bindings or []
+        }
         for port in self.published_ports():
-            if port_in_use(port):
+            if port not in ours and port_in_use(port):
                 raise ComposeError(
                     f"port {port} on this machine is already in use: stop what listens there, or choose another "
                     "with PORT / FLOWER_PORT / RABBITMQ_MANAGEMENT_PORT (read from your shell by the compose files)"
