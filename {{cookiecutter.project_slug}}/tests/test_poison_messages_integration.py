@@ -13,6 +13,7 @@ import uuid
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.management import call_command
 
 from {{ cookiecutter.project_slug }}.core.models import PoisonMessage
 from {{ cookiecutter.project_slug }}.payments.models import Order
@@ -98,3 +99,25 @@ def test_poison_messages_are_recorded_and_the_worker_keeps_consuming(live_celery
     assert app.control.ping(destination=[host], timeout=2.0)
     # Celery's own report of the unknown task: FAILURE with NotRegistered, for whoever waits on it.
     assert app.AsyncResult(unknown["id"]).state == "FAILURE"
+
+
+def test_an_unknown_task_replays_once_a_worker_knows_it(live_celery):
+    """The record of an unknown task sends the very same message again, e.g. after the deploy that adds the task."""
+    user = get_user_model().objects.create_user("late", "late@example.com", "pw")
+    order = Order.objects.create(user=user, amount_cents=1234)
+    headers = task_headers(process_payment.name)
+    body = json.dumps([[order.pk], {}, {"callbacks": None, "errbacks": None, "chain": None}])
+    # As an older worker, which did not know process_payment yet, recorded it.
+    poison = PoisonMessage.objects.create(
+        reason=PoisonMessage.Reason.UNKNOWN_TASK, task_name=process_payment.name, task_id=headers["id"],
+        queue="high", content_type="application/json", content_encoding="utf-8", headers=headers,
+        body=body, body_size=len(body), fingerprint=uuid.uuid4().hex,
+    )  # fmt: skip
+
+    call_command("poison_messages", "replay", str(poison.pk))
+
+    assert app.AsyncResult(headers["id"]).get(timeout=TIMEOUT) == "paid"
+    order.refresh_from_db()
+    assert order.status == Order.Status.PAID
+    poison.refresh_from_db()
+    assert poison.replayed_at is not None

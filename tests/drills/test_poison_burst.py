@@ -1,0 +1,60 @@
+"""Drill: a burst of poison messages lands on the task queues between real payments.
+
+A producer on another release, or a misconfigured client, floods "high" and
+"default" with messages no worker can run: a task name nobody registered, JSON
+that is not, pickle. Each must leave exactly one ``PoisonMessage`` record; the
+payments between them must all be processed, each charged once; and nothing may
+be left behind on the broker, neither waiting nor unacknowledged.
+"""
+
+from collections import Counter
+
+import pytest
+import redis
+
+from .conftest import wait_for
+
+pytestmark = pytest.mark.drill
+
+PAYMENTS = 8
+POISON_PER_PAYMENT = 4
+
+
+def test_poison_burst_between_payments_records_each_once_and_pays_every_order(project, pools, redis_server):
+    before = {row["id"] for row in project.driver("state")["poison_messages"]}
+    # The provider takes a moment, so payments are still running while poison arrives.
+    orders = project.driver("orders", PAYMENTS, "--plan", "slow:0.3")["orders"]
+    burst = project.driver("poison-burst", *orders, "--per-order", POISON_PER_PAYMENT)
+    sent = {message["id"]: message for message in burst["poison"]}
+    assert len(sent) == PAYMENTS * POISON_PER_PAYMENT
+
+    wait_for(lambda: project.orders_in("paid", orders) == PAYMENTS, 90, "every order to be paid")
+
+    def recorded():
+        rows = [row for row in project.driver("state")["poison_messages"] if row["id"] not in before]
+        return rows if len(rows) >= len(sent) else None
+
+    rows = wait_for(recorded, 60, "every poison message to be recorded", interval=1)
+    # Each poison message once, with the reason it was sent for, on the queue it was sent to.
+    assert Counter(row["id"] for row in rows) == Counter(sent)
+    for row in rows:
+        assert (row["reason"], row["queue"]) == (sent[row["id"]]["reason"], sent[row["id"]]["queue"])
+        assert row["deliveries"] == 1
+    # Every order paid once: one run, one charge, the one recorded.
+    state = project.driver("state")
+    for order_id in orders:
+        order = state["orders"][str(order_id)]
+        assert (order["status"], order["attempts"]) == ("paid", 1)
+        assert state["charges_per_key"][order["key"]] == 1
+        assert state["ledger"][order["key"]] == order["charge_id"]
+    assert not state["failed_tasks"]
+
+    # Nothing left on the broker: no message waiting, none delivered and never
+    # acknowledged (beat's own probes come and go, hence the wait).
+    broker = redis.Redis.from_url(redis_server.url)
+
+    def drained():
+        return not any(project.driver("queues")["depths"].values()) and broker.hlen("unacked") == 0
+
+    wait_for(drained, 30, "every queue to be empty and nothing unacknowledged", interval=1)
+    assert all(pools.running(name) for name in pools.processes)
