@@ -86,29 +86,46 @@ POISON_KINDS = [
 ]
 
 
+def publish_poison(producer, count: int) -> list[dict]:
+    """``count`` poison messages, each kind in turn, onto "high" and "default" in turn."""
+    from config.celery_app import app
+
+    known = module("payments", "tasks").process_payment.name
+    sent = []
+    for index in range(count):
+        reason, content_type, encoding, body = POISON_KINDS[index % len(POISON_KINDS)]
+        queue = app.amqp.queues[("high", "default")[index % 2]]
+        task_id = str(uuid.uuid4())
+        name = "drills.tasks.never_deployed" if reason == "unknown_task" else known
+        producer.publish(
+            body + task_id.encode(),  # every message different
+            exchange=queue.exchange,
+            routing_key=queue.routing_key,
+            declare=[queue],
+            headers={"lang": "py", "task": name, "id": task_id, "root_id": task_id},
+            content_type=content_type,
+            content_encoding=encoding,
+        )
+        sent.append({"id": task_id, "reason": reason, "queue": queue.name})
+    return sent
+
+
+def poison(args) -> dict:
+    from config.celery_app import app
+
+    with app.producer_or_acquire() as producer:
+        return {"poison": publish_poison(producer, args.count)}
+
+
 def poison_burst(args) -> dict:
-    """For each order: ``--per-order`` poison messages onto "high" and "default", then its payment."""
+    """For each order: ``--per-order`` poison messages, then the order's payment."""
     from config.celery_app import app
 
     process_payment = module("payments", "tasks").process_payment
     sent, tasks = [], []
     with app.producer_or_acquire() as producer:
         for order_id in args.order_ids:
-            for _ in range(args.per_order):
-                reason, content_type, encoding, body = POISON_KINDS[len(sent) % len(POISON_KINDS)]
-                queue = app.amqp.queues[("high", "default")[len(sent) % 2]]
-                task_id = str(uuid.uuid4())
-                name = process_payment.name if reason != "unknown_task" else "drills.tasks.never_deployed"
-                producer.publish(
-                    body + task_id.encode(),  # every message different
-                    exchange=queue.exchange,
-                    routing_key=queue.routing_key,
-                    declare=[queue],
-                    headers={"lang": "py", "task": name, "id": task_id, "root_id": task_id},
-                    content_type=content_type,
-                    content_encoding=encoding,
-                )
-                sent.append({"id": task_id, "reason": reason, "queue": queue.name})
+            sent += publish_poison(producer, args.per_order)
             tasks.append(process_payment.delay(order_id).id)
     return {"poison": sent, "tasks": tasks}
 
@@ -210,6 +227,9 @@ def main() -> None:
     command.add_argument("order_ids", type=int, nargs="+")
     command.add_argument("--per-order", type=int, default=3)
     command.set_defaults(run=poison_burst)
+    command = commands.add_parser("poison", help="poison messages only (no database needed)")
+    command.add_argument("count", type=int)
+    command.set_defaults(run=poison)
     commands.add_parser("queues", help="messages waiting in each queue").set_defaults(run=queues)
     commands.add_parser("export", help="create and dispatch an export of demo's transactions").set_defaults(run=export)
     commands.add_parser("watchdog", help="run the export watchdog, as beat does").set_defaults(run=watchdog)

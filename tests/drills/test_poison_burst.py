@@ -12,12 +12,13 @@ from collections import Counter
 import pytest
 import redis
 
-from .conftest import wait_for
+from .conftest import _admin, wait_for
 
 pytestmark = pytest.mark.drill
 
 PAYMENTS = 8
 POISON_PER_PAYMENT = 4
+POISON_DURING_OUTAGE = 6
 
 
 def test_poison_burst_between_payments_records_each_once_and_pays_every_order(project, pools, redis_server):
@@ -36,7 +37,7 @@ def test_poison_burst_between_payments_records_each_once_and_pays_every_order(pr
 
     rows = wait_for(recorded, 60, "every poison message to be recorded", interval=1)
     # Each poison message once, with the reason it was sent for, on the queue it was sent to.
-    assert Counter(row["id"] for row in rows) == Counter(sent)
+    assert Counter(row["id"] for row in rows) == Counter(list(sent))
     for row in rows:
         assert (row["reason"], row["queue"]) == (sent[row["id"]]["reason"], sent[row["id"]]["queue"])
         assert row["deliveries"] == 1
@@ -58,3 +59,37 @@ def test_poison_burst_between_payments_records_each_once_and_pays_every_order(pr
 
     wait_for(drained, 30, "every queue to be empty and nothing unacknowledged", interval=1)
     assert all(pools.running(name) for name in pools.processes)
+
+
+def test_poison_arriving_while_the_database_is_down_is_recorded_once_it_is_back(project, pools):
+    """The record cannot be written: the message stays on the broker, and is recorded later.
+
+    Postgres refuses every connection to the project's database for a moment (what
+    a failover looks like from the workers); poison messages arrive meanwhile.
+    """
+    before = {row["id"] for row in project.driver("state")["poison_messages"]}
+    offsets = {name: len(pools.log(name)) for name in ("worker-high", "worker-default")}
+
+    def unavailable_lines() -> int:
+        return sum(pools.log(name)[offset:].count("the database is unavailable") for name, offset in offsets.items())
+
+    _admin(f'ALTER DATABASE "{project.database}" WITH ALLOW_CONNECTIONS false')
+    try:
+        _admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{project.database}'")
+        sent = {message["id"]: message for message in project.driver("poison", POISON_DURING_OUTAGE)["poison"]}
+        # Each one: a CRITICAL line, and the message kept for later instead of dropped.
+        wait_for(lambda: unavailable_lines() >= len(sent), 30, "the workers to report the outage", interval=0.5)
+    finally:
+        _admin(f'ALTER DATABASE "{project.database}" WITH ALLOW_CONNECTIONS true')
+
+    def recorded():
+        rows = [row for row in project.driver("state")["poison_messages"] if row["id"] not in before]
+        return rows if len(rows) >= len(sent) else None
+
+    # Back on its queue after POISON_MESSAGE_REQUEUE_DELAY (10 s), and recorded this time.
+    rows = wait_for(recorded, 60, "the poison messages to be recorded after the outage", interval=1)
+    assert Counter(row["id"] for row in rows) == Counter(list(sent))
+    # The pools go on working: a payment after the outage is processed.
+    (order,) = project.driver("orders", 1)["orders"]
+    project.driver("pay", order)
+    wait_for(lambda: project.orders_in("paid", [order]), 60, "the payment after the outage")
