@@ -39,7 +39,18 @@ _PER_DELIVERY = {"delivery_tag", "delivery_info", "redelivered", "x-delivery-cou
 
 def _jsonable(value):
     """Headers and properties as JSON: AMQP tables may hold bytes, decimals, timestamps."""
-    return json.loads(json.dumps(value, default=str))
+    return _without_nul(json.loads(json.dumps(value, default=str)))
+
+
+def _without_nul(value):
+    """Postgres stores no NUL character, in text or in JSON: it becomes U+FFFD."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    return value
 
 
 def _body_bytes(body) -> bytes:
@@ -54,6 +65,8 @@ def describe(message, reason: str, exc: BaseException | None, hostname: str = ""
     kept = raw[: settings.POISON_MESSAGE_BODY_LIMIT]
     try:
         body, body_encoding = kept.decode("utf-8"), "text"
+        if "\x00" in body:  # valid UTF-8, but Postgres text cannot hold it
+            raise UnicodeDecodeError("utf-8", kept, 0, 1, "NUL character")
     except UnicodeDecodeError:  # bytes (pickle, msgpack) or text cut mid-character
         body, body_encoding = base64.b64encode(kept).decode("ascii"), "base64"
     headers = _jsonable(dict(message.headers or {}))

@@ -69,6 +69,10 @@ def test_a_text_body_is_kept_as_text_and_bytes_as_base64(broker):
     assert fields["body_encoding"] == "base64"
     assert base64.b64decode(fields["body"]) == pickled
 
+    broker.send(b"{}", headers={"task": "t", "note": "nul\x00here", "nested": [{"k": "\x00"}]})
+    headers = poison.describe(broker.get(), "decode_error", None)["headers"]
+    assert (headers["note"], headers["nested"]) == ("nul\ufffdhere", [{"k": "\ufffd"}])
+
 
 def test_a_large_body_is_cut_at_the_limit_and_says_so(broker, settings):
     settings.POISON_MESSAGE_BODY_LIMIT = 10
@@ -104,6 +108,20 @@ def test_the_consumer_records_then_acknowledges(broker, consumer):
     assert message.acknowledged
     assert PoisonMessage.objects.filter(reason="content_disallowed").count() == 1
     assert broker.get() is None  # nothing left, nothing requeued
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_message_that_breaks_celerys_own_handler_is_still_recorded_and_acknowledged(broker, consumer):
+    # A task header without an id, and a body that is not JSON: Celery's
+    # on_unknown_task falls back to decoding the body for the id, and raises.
+    broker.send(b"\x00garbage", headers={"task": "shop.tasks.gone"})
+    message = broker.get()
+    consumer.on_unknown_task(None, message, KeyError("shop.tasks.gone"))
+    assert message.acknowledged  # not redelivered (and failing) for ever
+    recorded = PoisonMessage.objects.get()
+    assert (recorded.reason, recorded.task_name) == ("unknown_task", "shop.tasks.gone")
+    assert (recorded.body_encoding, recorded.raw_body()) == ("base64", b"\x00garbage")  # no NUL in a text column
+    assert recorded.exception_type == "celery.exceptions.NotRegistered"
 
 
 @pytest.mark.django_db(transaction=True)
