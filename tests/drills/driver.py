@@ -130,11 +130,6 @@ def poison_burst(args) -> dict:
     return {"poison": sent, "tasks": tasks}
 
 
-def queues(args) -> dict:
-    """Messages waiting in each queue of the topology, asked of the broker."""
-    return {"depths": module("core", "metrics").queue_depths()}
-
-
 def export(args) -> dict:
     job = ExportJob.objects.create(user=demo_user())
     result = module("exports", "tasks").generate_csv_export.delay(job.pk)
@@ -230,7 +225,6 @@ def main() -> None:
     command = commands.add_parser("poison", help="poison messages only (no database needed)")
     command.add_argument("count", type=int)
     command.set_defaults(run=poison)
-    commands.add_parser("queues", help="messages waiting in each queue").set_defaults(run=queues)
     commands.add_parser("export", help="create and dispatch an export of demo's transactions").set_defaults(run=export)
     commands.add_parser("watchdog", help="run the export watchdog, as beat does").set_defaults(run=watchdog)
     commands.add_parser("reference", help="write the reference CSV (one plain COPY)").set_defaults(run=reference)

@@ -21,6 +21,16 @@ POISON_PER_PAYMENT = 4
 POISON_DURING_OUTAGE = 6
 
 
+def left_on_broker(url: str, ids: list[str]) -> list[str]:
+    """The ids (in a message's headers) of messages still in a queue or in Redis's unacknowledged hash."""
+    client = redis.Redis.from_url(url)
+    raw = list(client.hvals("unacked"))
+    for key in client.scan_iter():
+        if client.type(key) == b"list":  # a queue (kombu keeps each one in a Redis list)
+            raw += client.lrange(key, 0, -1)
+    return [id_ for id_ in ids if any(id_.encode() in message for message in raw)]
+
+
 def test_poison_burst_between_payments_records_each_once_and_pays_every_order(project, pools, redis_server):
     before = {row["id"] for row in project.driver("state")["poison_messages"]}
     # The provider takes a moment, so payments are still running while poison arrives.
@@ -50,18 +60,15 @@ def test_poison_burst_between_payments_records_each_once_and_pays_every_order(pr
         assert state["ledger"][order["key"]] == order["charge_id"]
     assert not state["failed_tasks"]
 
-    # Nothing left on the broker: no message waiting, none delivered and never
-    # acknowledged (beat's own probes come and go, hence the wait).
-    broker = redis.Redis.from_url(redis_server.url)
-
-    def drained():
-        return not any(project.driver("queues")["depths"].values()) and broker.hlen("unacked") == 0
-
-    wait_for(drained, 30, "every queue to be empty and nothing unacknowledged", interval=1)
+    # Nothing of the burst left on the broker: none of its messages waiting in a
+    # queue, none delivered and never acknowledged. (Earlier drills may leave
+    # their own messages, e.g. a countdown held by a worker: not ours to judge.)
+    ours = [*sent, *burst["tasks"]]
+    wait_for(lambda: not left_on_broker(redis_server.url, ours), 30, "the burst to leave the broker", interval=1)
     assert all(pools.running(name) for name in pools.processes)
 
 
-def test_poison_arriving_while_the_database_is_down_is_recorded_once_it_is_back(project, pools):
+def test_poison_arriving_while_the_database_is_down_is_recorded_once_it_is_back(project, pools, redis_server):
     """The record cannot be written: the message stays on the broker, and is recorded later.
 
     Postgres refuses every connection to the project's database for a moment (what
@@ -89,6 +96,7 @@ def test_poison_arriving_while_the_database_is_down_is_recorded_once_it_is_back(
     # Back on its queue after POISON_MESSAGE_REQUEUE_DELAY (10 s), and recorded this time.
     rows = wait_for(recorded, 60, "the poison messages to be recorded after the outage", interval=1)
     assert Counter(row["id"] for row in rows) == Counter(list(sent))
+    wait_for(lambda: not left_on_broker(redis_server.url, list(sent)), 30, "them to leave the broker", interval=1)
     # The pools go on working: a payment after the outage is processed.
     (order,) = project.driver("orders", 1)["orders"]
     project.driver("pay", order)
