@@ -26,6 +26,7 @@ from celery.exceptions import NotRegistered
 from celery.worker.consumer import Consumer
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections
+from django.db.models import F
 from django.utils import timezone
 from kombu.exceptions import ContentDisallowed
 
@@ -67,7 +68,7 @@ def describe(message, reason: str, exc: BaseException | None, hostname: str = ""
         body, body_encoding = kept.decode("utf-8"), "text"
         if "\x00" in body:  # valid UTF-8, but Postgres text cannot hold it
             raise UnicodeDecodeError("utf-8", kept, 0, 1, "NUL character")
-    except UnicodeDecodeError:  # bytes (pickle, msgpack) or text cut mid-character
+    except UnicodeDecodeError:  # bytes (pickle, msgpack), or text cut mid-character by the limit
         body, body_encoding = base64.b64encode(kept).decode("ascii"), "base64"
     headers = _jsonable(dict(message.headers or {}))
     properties = _jsonable({k: v for k, v in (message.properties or {}).items() if k != "application_headers"})
@@ -105,8 +106,6 @@ def describe(message, reason: str, exc: BaseException | None, hostname: str = ""
 
 def record(message, reason: str, exc: BaseException | None, hostname: str = ""):
     """Write (or count again) the ``PoisonMessage`` of ``message``; return the row."""
-    from django.db.models import F
-
     from .models import PoisonMessage
 
     fields = describe(message, reason, exc, hostname)
