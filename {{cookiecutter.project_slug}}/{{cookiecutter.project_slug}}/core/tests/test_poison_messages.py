@@ -211,3 +211,17 @@ def test_admin_lists_poison_messages(db, admin_client):
     response = admin_client.get(reverse("admin:core_poisonmessage_changelist"))
     assert response.status_code == 200
     assert b"shop.tasks.renamed" in response.content
+
+
+def test_admin_replay_action_says_why_it_cannot(db, admin_client):
+    undecodable = make_poison(reason="decode_error")
+    response = admin_client.post(
+        reverse("admin:core_poisonmessage_changelist"),
+        {"action": "replay", "_selected_action": [undecodable.pk]},
+        follow=True,
+    )
+    assert f"{undecodable.pk}: a message rejected for &#x27;body does not decode&#x27; cannot be replayed" in (
+        response.content.decode()
+    )
+    undecodable.refresh_from_db()
+    assert undecodable.replayed_at is None
