@@ -48,6 +48,7 @@ PATTERN_PAGES = [
     "csv-export.md",
     "retries-and-dead-letters.md",
     "dead-letters.md",
+    "poison-messages.md",
     "time-limits.md",
     "beat.md",
     "monitoring.md",

@@ -13,6 +13,7 @@ import argparse
 import importlib
 import json
 import os
+import pickle
 import sys
 import uuid
 from pathlib import Path
@@ -34,6 +35,7 @@ ExportJob = apps.get_model("exports", "ExportJob")
 Transaction = apps.get_model("exports", "Transaction")
 PasswordResetRequest = apps.get_model("users", "PasswordResetRequest")
 FailedTask = apps.get_model("core", "FailedTask")
+PoisonMessage = apps.get_model("core", "PoisonMessage")
 
 
 def module(label: str, name: str):
@@ -73,6 +75,59 @@ def resets(args) -> dict:
         send.delay(user.pk, request.pk)
         created.append({"user": user.pk, "request": request.pk})
     return {"resets": created}
+
+
+# Messages no worker can run, as a broken or out-of-date producer would send them:
+# (reason the worker must record, content type, content encoding, body).
+POISON_KINDS = [
+    ("unknown_task", "application/json", "utf-8", json.dumps([[1], {}, {}]).encode()),
+    ("decode_error", "application/json", "utf-8", b"{'not': json"),
+    ("content_disallowed", "application/x-python-serialize", "binary", pickle.dumps(((1,), {}, {}))),
+]
+
+
+def publish_poison(producer, count: int) -> list[dict]:
+    """``count`` poison messages, each kind in turn, onto "high" and "default" in turn."""
+    from config.celery_app import app
+
+    known = module("payments", "tasks").process_payment.name
+    sent = []
+    for index in range(count):
+        reason, content_type, encoding, body = POISON_KINDS[index % len(POISON_KINDS)]
+        queue = app.amqp.queues[("high", "default")[index % 2]]
+        task_id = str(uuid.uuid4())
+        name = "drills.tasks.never_deployed" if reason == "unknown_task" else known
+        producer.publish(
+            body + task_id.encode(),  # every message different
+            exchange=queue.exchange,
+            routing_key=queue.routing_key,
+            declare=[queue],
+            headers={"lang": "py", "task": name, "id": task_id, "root_id": task_id},
+            content_type=content_type,
+            content_encoding=encoding,
+        )
+        sent.append({"id": task_id, "reason": reason, "queue": queue.name})
+    return sent
+
+
+def poison(args) -> dict:
+    from config.celery_app import app
+
+    with app.producer_or_acquire() as producer:
+        return {"poison": publish_poison(producer, args.count)}
+
+
+def poison_burst(args) -> dict:
+    """For each order: ``--per-order`` poison messages, then the order's payment."""
+    from config.celery_app import app
+
+    process_payment = module("payments", "tasks").process_payment
+    sent, tasks = [], []
+    with app.producer_or_acquire() as producer:
+        for order_id in args.order_ids:
+            sent += publish_poison(producer, args.per_order)
+            tasks.append(process_payment.delay(order_id).id)
+    return {"poison": sent, "tasks": tasks}
 
 
 def export(args) -> dict:
@@ -139,6 +194,10 @@ def state(args) -> dict:
             request.pk: {"user": request.user_id, "sent": request.sent_at is not None}
             for request in PasswordResetRequest.objects.all()
         },
+        "poison_messages": [
+            {"id": row.task_id, "reason": row.reason, "queue": row.queue, "deliveries": row.deliveries}
+            for row in PoisonMessage.objects.all()
+        ],
         "failed_tasks": [
             {"task": failed.task_name, "args": failed.args, "exception": failed.exception_type}
             for failed in FailedTask.objects.all()
@@ -159,6 +218,13 @@ def main() -> None:
     command = commands.add_parser("resets", help="create users and dispatch one password reset each")
     command.add_argument("count", type=int)
     command.set_defaults(run=resets)
+    command = commands.add_parser("poison-burst", help="poison messages interleaved with payments")
+    command.add_argument("order_ids", type=int, nargs="+")
+    command.add_argument("--per-order", type=int, default=3)
+    command.set_defaults(run=poison_burst)
+    command = commands.add_parser("poison", help="poison messages only (no database needed)")
+    command.add_argument("count", type=int)
+    command.set_defaults(run=poison)
     commands.add_parser("export", help="create and dispatch an export of demo's transactions").set_defaults(run=export)
     commands.add_parser("watchdog", help="run the export watchdog, as beat does").set_defaults(run=watchdog)
     commands.add_parser("reference", help="write the reference CSV (one plain COPY)").set_defaults(run=reference)

@@ -263,6 +263,21 @@ CELERY_TASK_SEND_SENT_EVENT = True
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-hijack-root-logger
 # Keep Django's LOGGING configuration in workers.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# --8<-- [start:poison-settings]
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-consumer
+# The worker's consumer, extended to record poison messages (unknown task,
+# undecodable body, refused content type) as core.PoisonMessage rows before
+# they leave the broker, instead of only logging them (core/poison.py).
+CELERY_WORKER_CONSUMER = "{{ cookiecutter.project_slug }}.core.poison:DeadLetterConsumer"
+# Bytes of a poison message's body kept in its record (the size is kept whole).
+POISON_MESSAGE_BODY_LIMIT = 64 * 1024
+# Seconds the consumer waits for the record to be written before it gives up
+# and keeps the message on the broker (a hung database must not stall the pool).
+POISON_MESSAGE_RECORD_TIMEOUT = 5
+# Seconds before a poison message that could not be recorded goes back to its
+# queue, to be recorded once the database answers again.
+POISON_MESSAGE_REQUEUE_DELAY = 10
+# --8<-- [end:poison-settings]
 # Retry defaults of every task (core/task_base.py). Backoff in seconds: 2, 4, 8 ...
 # capped at 120 and randomised. The cap must stay below the visibility timeout.
 # default_retry_delay also spaces the retry of a task whose process was killed.

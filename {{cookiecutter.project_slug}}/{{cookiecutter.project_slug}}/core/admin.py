@@ -1,6 +1,6 @@
 from django.contrib import admin, messages
 
-from .models import FailedTask
+from .models import FailedTask, PoisonMessage
 
 
 @admin.register(FailedTask)
@@ -16,6 +16,28 @@ class FailedTaskAdmin(admin.ModelAdmin):
         for failed in queryset:
             failed.replay()
         self.message_user(request, f"Replayed {queryset.count()} task(s).", messages.SUCCESS)
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(PoisonMessage)
+class PoisonMessageAdmin(admin.ModelAdmin):
+    list_display = ("first_seen_at", "reason", "queue", "task_name", "content_type", "body_size", "deliveries")
+    list_filter = ("reason", "queue", "content_type")
+    search_fields = ("task_name", "task_id", "exception_message", "fingerprint")
+    readonly_fields = [field.name for field in PoisonMessage._meta.fields]
+    actions = ["replay"]
+
+    @admin.action(description="Send again (unknown tasks deployed since)")
+    def replay(self, request, queryset):
+        for poison in queryset:
+            try:
+                poison.replay()
+            except ValueError as error:
+                self.message_user(request, f"{poison.pk}: {error}", messages.ERROR)
+            else:
+                self.message_user(request, f"{poison.pk}: sent again to {poison.queue}.", messages.SUCCESS)
 
     def has_add_permission(self, request):
         return False
