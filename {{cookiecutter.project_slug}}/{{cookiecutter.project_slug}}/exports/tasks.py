@@ -151,7 +151,8 @@ def generate_csv_export(self, export_job_id: int) -> str:
             # If the database connection broke, these writes would fail on it too
             # and the lease would stay taken until it expires. Reconnect first:
             # the retry (core/task_base.py) then resumes from the checkpoint at once.
-            close_old_connections()
+            if not self.request.is_eager:  # run eagerly, it is the caller's connection
+                close_old_connections()
             ExportJob.release(export_job_id, runner.owner, hold=retry_hold())
             ExportJob.objects.filter(pk=export_job_id).update(error=f"{type(error).__name__}: {error}"[:2000])
             if isinstance(error, TRANSIENT_ERRORS):
