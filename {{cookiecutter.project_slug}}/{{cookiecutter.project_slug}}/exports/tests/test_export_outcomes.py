@@ -165,7 +165,8 @@ def test_the_page_and_the_list_show_why_an_export_failed(user, client):
     assert 'id="cancel-export"' not in detail
     assert client.get(reverse("exports:progress", args=[job.pk])).json()["error"].startswith("FileExistsError")
     listing = client.get(reverse("exports:list")).content.decode()
-    assert "Failed" in listing and "FileExistsError: &lt;storage&gt; said no" in listing
+    assert "Failed" in listing
+    assert "FileExistsError: &lt;storage&gt; said no" in listing
 
 
 # ------------------------------------------------------------------------------
