@@ -12,6 +12,8 @@ How an export survives being killed:
   and renews it. A runner that lost its lease stops at its next checkpoint, so two
   runners never both write the job; an expired lease marks a dead runner for the
   watchdog.
+* Every checkpoint is also conditional on the job still being queued or running:
+  a job cancelled (or failed) under a runner stops it at its next checkpoint.
 * When no rows are left, the parts are concatenated (streamed, chunk by chunk)
   into the final file, and the parts are deleted.
 
@@ -59,9 +61,10 @@ class Cancelled(Exception):
 class StopRequested(Exception):
     """The runner's ``should_stop()`` said so: it stopped at a batch boundary.
 
-    A cooperative stop (e.g. a user cancelling), not the shutdown path: on
-    shutdown the pool terminates the task, whose handler in tasks.py releases the
-    lease. Tests use it to interrupt a runner at a checkpoint.
+    A cooperative stop for code that drives a runner itself (tests use it to
+    interrupt a runner at a checkpoint). Not the shutdown path (the pool
+    terminates the task, whose handler in tasks.py releases the lease), nor a
+    user's cancel (the checkpoint raises ``Cancelled``).
     """
 
 
