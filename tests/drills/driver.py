@@ -24,6 +24,8 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.files.storage import default_storage
 from django.db import connection
+from django.test import Client
+from django.urls import reverse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.test")
@@ -132,8 +134,22 @@ def poison_burst(args) -> dict:
 
 def export(args) -> dict:
     job = ExportJob.objects.create(user=demo_user())
+    if args.poison:
+        # A file where the job's part directory must go: storage refuses every
+        # part of this job, on every attempt, like a broken volume.
+        Path(default_storage.path(f"exports/{job.pk}")).parent.mkdir(parents=True, exist_ok=True)
+        Path(default_storage.path(f"exports/{job.pk}")).write_text("not a directory")
     result = module("exports", "tasks").generate_csv_export.delay(job.pk)
     return {"job": job.pk, "task": result.id}
+
+
+def cancel(args) -> dict:
+    """Cancel exports as their owner does: a POST to the export page's Cancel button."""
+    client, statuses = Client(), {}
+    for job in ExportJob.objects.filter(pk__in=args.job_ids):
+        client.force_login(job.user)
+        statuses[job.pk] = client.post(reverse("exports:cancel", args=[job.pk])).status_code
+    return {"cancelled": statuses}
 
 
 def watchdog(args) -> dict:
@@ -159,6 +175,12 @@ def reference(args) -> dict:
         for block in copy:
             out.write(block)
     return {"path": str(path), "rows": Transaction.objects.filter(user=user).count()}
+
+
+def part_files(job) -> list[str]:
+    """What is on disk in the job's part directory (its parts while it runs; nothing once it ended)."""
+    directory = Path(default_storage.path(f"exports/{job.pk}"))
+    return sorted(path.name for path in directory.iterdir()) if directory.is_dir() else []
 
 
 def state(args) -> dict:
@@ -187,6 +209,7 @@ def state(args) -> dict:
                 "file": default_storage.path(job.file.name) if job.file else None,
                 "lease_owner": job.lease_owner,
                 "error": job.error,
+                "part_files": part_files(job),
             }
             for job in ExportJob.objects.all()
         },
@@ -225,7 +248,12 @@ def main() -> None:
     command = commands.add_parser("poison", help="poison messages only (no database needed)")
     command.add_argument("count", type=int)
     command.set_defaults(run=poison)
-    commands.add_parser("export", help="create and dispatch an export of demo's transactions").set_defaults(run=export)
+    command = commands.add_parser("export", help="create and dispatch an export of demo's transactions")
+    command.add_argument("--poison", action="store_true", help="make storage refuse every part of it")
+    command.set_defaults(run=export)
+    command = commands.add_parser("cancel", help="cancel exports from their page, as their owner")
+    command.add_argument("job_ids", type=int, nargs="+")
+    command.set_defaults(run=cancel)
     commands.add_parser("watchdog", help="run the export watchdog, as beat does").set_defaults(run=watchdog)
     commands.add_parser("reference", help="write the reference CSV (one plain COPY)").set_defaults(run=reference)
     commands.add_parser("state", help="report orders, charges, exports, resets, dead letters").set_defaults(run=state)

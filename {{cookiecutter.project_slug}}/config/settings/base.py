@@ -145,6 +145,10 @@ EXPORT_BATCH_SIZE = env.int("EXPORT_BATCH_SIZE", default=100_000)
 EXPORT_LEASE_SECONDS = env.int("EXPORT_LEASE_SECONDS", default=45)
 # Pause between batches, to leave a busy primary database some headroom (0: full speed).
 EXPORT_THROTTLE_SECONDS = env.float("EXPORT_THROTTLE_SECONDS", default=0.0)
+# Exports one user may have queued or running at once. Each is a long job on the
+# one-process export pool and a file on disk: without a limit one user (or a
+# script) fills the queue and the disk. Asking for more gets a clear refusal.
+EXPORT_MAX_RUNNING_PER_USER = env.int("EXPORT_MAX_RUNNING_PER_USER", default=2)
 # Finished exports (and their files) are deleted after this many days.
 EXPORT_RETENTION_DAYS = env.int("EXPORT_RETENTION_DAYS", default=7)
 

@@ -12,6 +12,8 @@ How an export survives being killed:
   and renews it. A runner that lost its lease stops at its next checkpoint, so two
   runners never both write the job; an expired lease marks a dead runner for the
   watchdog.
+* Every checkpoint is also conditional on the job still being queued or running:
+  a job cancelled (or failed) under a runner stops it at its next checkpoint.
 * When no rows are left, the parts are concatenated (streamed, chunk by chunk)
   into the final file, and the parts are deleted.
 
@@ -27,12 +29,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 
 from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import connection
+from django.db.models import Q
 from django.utils import timezone
 
 from .models import ExportJob, Transaction
@@ -51,12 +54,17 @@ class LeaseLost(Exception):
     """Another runner holds the job now; this one must stop writing."""
 
 
+class Cancelled(Exception):
+    """The job was cancelled (or otherwise ended) under the runner: it stops at this checkpoint."""
+
+
 class StopRequested(Exception):
     """The runner's ``should_stop()`` said so: it stopped at a batch boundary.
 
-    A cooperative stop (e.g. a user cancelling), not the shutdown path: on
-    shutdown the pool terminates the task, whose handler in tasks.py releases the
-    lease. Tests use it to interrupt a runner at a checkpoint.
+    A cooperative stop for code that drives a runner itself (tests use it to
+    interrupt a runner at a checkpoint). Not the shutdown path (the pool
+    terminates the task, whose handler in tasks.py releases the lease), nor a
+    user's cancel (the checkpoint raises ``Cancelled``).
     """
 
 
@@ -100,12 +108,38 @@ COPY_SELECT = (
     f" CASE WHEN ascii(description) IN ({FORMULA_CODES}) THEN '''' || description ELSE description END"
     " FROM {table} WHERE user_id = %s AND id > %s AND id <= %s ORDER BY id"
 )
+# An export of a date range also filters on created_at (two more parameters).
+IN_WINDOW = " AND created_at >= %s AND created_at < %s"
+COPY_SELECT_IN_WINDOW = COPY_SELECT.replace(" ORDER BY id", IN_WINDOW + " ORDER BY id")
 
 
 BATCH_BOUNDS = """
     SELECT count(*), coalesce(max(id), %s)
-      FROM (SELECT id FROM {table} WHERE user_id = %s AND id > %s ORDER BY id LIMIT %s) AS batch
+      FROM (SELECT id FROM {table} WHERE user_id = %s AND id > %s{window} ORDER BY id LIMIT %s) AS batch
 """
+
+# [start, end) of the rows' created_at; None is an open end (ExportJob.window()).
+Window = tuple[datetime | None, datetime | None]
+
+
+def window_sql(window: Window) -> tuple[str, list]:
+    """The SQL filter of a date range, and its parameters. No range, no filter:
+    a plain export's batch bounds stay an index-only scan."""
+    start, end = window
+    if start is None and end is None:
+        return "", []
+    # Postgres timestamps accept "-infinity" and "infinity" for an open end.
+    return IN_WINDOW, [start or "-infinity", end or "infinity"]
+
+
+def window_q(window: Window) -> Q:
+    start, end = window
+    q = Q()
+    if start is not None:
+        q &= Q(created_at__gte=start)
+    if end is not None:
+        q &= Q(created_at__lt=end)
+    return q
 
 
 def orm_lines(rows) -> Iterator[str]:
@@ -188,29 +222,35 @@ class Batch:
 
 
 # --8<-- [start:keyset-batches]
-def next_batch_bounds(user_id: int, after: int, size: int, use_copy: bool) -> Batch:
+def next_batch_bounds(user_id: int, after: int, size: int, use_copy: bool, window: Window = (None, None)) -> Batch:
     """Row count and last key of the next batch: an index-only range scan."""
     if not use_copy:
         keys = list(
-            Transaction.objects.filter(user_id=user_id, pk__gt=after)
+            Transaction.objects.filter(window_q(window), user_id=user_id, pk__gt=after)
             .order_by("pk")
             .values_list("pk", flat=True)[:size]
         )
         return Batch(rows=len(keys), last_key=keys[-1] if keys else after)
+    clause, params = window_sql(window)
     with connection.cursor() as cursor:
-        cursor.execute(BATCH_BOUNDS.format(table=Transaction._meta.db_table), [after, user_id, after, size])
+        sql = BATCH_BOUNDS.format(table=Transaction._meta.db_table, window=clause)
+        cursor.execute(sql, [after, user_id, after, *params, size])
         rows, last_key = cursor.fetchone()
     return Batch(rows=rows, last_key=last_key)
 
 
-def batch_chunks(user_id: int, after: int, upper: int, use_copy: bool) -> Iterator[bytes]:
-    """The CSV bytes of rows with after < id <= upper."""
+def batch_chunks(
+    user_id: int, after: int, upper: int, use_copy: bool, window: Window = (None, None)
+) -> Iterator[bytes]:
+    """The CSV bytes of rows with after < id <= upper (and in the window)."""
     if use_copy:
-        sql = "COPY (" + COPY_SELECT.format(table=Transaction._meta.db_table) + ") TO STDOUT (FORMAT csv)"
+        clause, params = window_sql(window)
+        select = (COPY_SELECT_IN_WINDOW if clause else COPY_SELECT).format(table=Transaction._meta.db_table)
+        sql = "COPY (" + select + ") TO STDOUT (FORMAT csv)"
         # COPY hands out one message per row: gather them into ~1 MiB blocks so
         # storage sees a few large writes instead of a million small ones.
         block = bytearray()
-        with connection.cursor() as cursor, cursor.cursor.copy(sql, [user_id, after, upper]) as copy:
+        with connection.cursor() as cursor, cursor.cursor.copy(sql, [user_id, after, upper, *params]) as copy:
             for row in copy:
                 block += row
                 if len(block) >= BLOCK_SIZE:
@@ -220,7 +260,7 @@ def batch_chunks(user_id: int, after: int, upper: int, use_copy: bool) -> Iterat
             yield bytes(block)
         return
     rows = (
-        Transaction.objects.filter(user_id=user_id, pk__gt=after, pk__lte=upper)
+        Transaction.objects.filter(window_q(window), user_id=user_id, pk__gt=after, pk__lte=upper)
         .order_by("pk")
         .values_list(*HEADER)
         .iterator(chunk_size=2000)
@@ -258,8 +298,9 @@ class ExportRunner:
     # --8<-- [start:runner]
     def run(self) -> ExportJob:
         job = ExportJob.objects.get(pk=self.job_id)
+        window = job.window()
         if job.status == ExportJob.Status.PENDING:
-            job.total_rows = Transaction.objects.filter(user_id=job.user_id).count()
+            job.total_rows = Transaction.objects.filter(window_q(window), user_id=job.user_id).count()
             job.started_at = timezone.now()
             self._checkpoint(
                 job, status=ExportJob.Status.RUNNING, total_rows=job.total_rows, started_at=job.started_at
@@ -272,10 +313,10 @@ class ExportRunner:
                 raise StopRequested
             if settings.EXPORT_THROTTLE_SECONDS:
                 time.sleep(settings.EXPORT_THROTTLE_SECONDS)
-            batch = next_batch_bounds(job.user_id, job.last_key, self.batch_size, self.use_copy)
+            batch = next_batch_bounds(job.user_id, job.last_key, self.batch_size, self.use_copy, window)
             if batch.rows == 0:
                 break
-            chunks = batch_chunks(job.user_id, job.last_key, batch.last_key, self.use_copy)
+            chunks = batch_chunks(job.user_id, job.last_key, batch.last_key, self.use_copy, window)
             self._write_part(job, chunks, batch.rows, batch.last_key)
 
         return self._finish(job)
@@ -291,15 +332,22 @@ class ExportRunner:
                 bytes_written=job.bytes_written + content.bytes,
                 last_key=last_key,
             )
-        except LeaseLost:
+        except (LeaseLost, Cancelled):
             default_storage.delete(name)
             raise
 
     def _checkpoint(self, job: ExportJob, **changes) -> None:
-        """Commit progress and renew the lease, only while we still hold it."""
+        """Commit progress and renew the lease, only while we still hold it and the job is still wanted.
+
+        The same conditional UPDATE notices a cancel: no extra query per batch,
+        and no window between "is it cancelled?" and the write.
+        """
         now = timezone.now()
         changes |= {"heartbeat_at": now, "lease_expires_at": now + ExportJob.lease_duration()}
-        if not ExportJob.objects.filter(pk=job.pk, lease_owner=self.owner).update(**changes):
+        mine = ExportJob.objects.filter(pk=job.pk, lease_owner=self.owner)
+        if not mine.filter(status__in=ExportJob.ACTIVE).update(**changes):
+            if mine.exclude(status__in=ExportJob.ACTIVE).exists():
+                raise Cancelled(f"export {job.pk}: ended under its runner")
             raise LeaseLost(f"export {job.pk}: lease lost by {self.owner}")
         for field, value in changes.items():
             setattr(job, field, value)
@@ -310,7 +358,7 @@ class ExportRunner:
         name = default_storage.save(f"exports/transactions-{job.pk}-{self.owner[:8]}.csv", final)
         try:
             self._checkpoint(job, file=name, status=ExportJob.Status.COMPLETED, finished_at=timezone.now())
-        except LeaseLost:
+        except (LeaseLost, Cancelled):
             default_storage.delete(name)
             raise
         ExportJob.release(job.pk, self.owner)

@@ -1,9 +1,14 @@
-from datetime import timedelta
+from datetime import date, datetime, time, timedelta
 
 from django.conf import settings
-from django.db import models
+from django.contrib.auth import get_user_model
+from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
+
+
+class TooManyExports(Exception):
+    """The user already has EXPORT_MAX_RUNNING_PER_USER exports queued or running."""
 
 
 class Transaction(models.Model):
@@ -30,6 +35,10 @@ class ExportJob(models.Model):
         RUNNING = "running", "Running"
         COMPLETED = "completed", "Completed"
         FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    # Queued or running: what the per-user limit counts and the watchdog watches.
+    ACTIVE = (Status.PENDING, Status.RUNNING)
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="export_jobs")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
@@ -41,6 +50,11 @@ class ExportJob(models.Model):
     parts = models.JSONField(default=list, blank=True)
     total_rows = models.PositiveBigIntegerField(null=True, blank=True)
     file = models.FileField(upload_to="exports/", blank=True)
+    # The export's parameters: transactions created on these days (inclusive;
+    # empty means unbounded), in the site's time zone.
+    date_from = models.DateField(null=True, blank=True)
+    date_to = models.DateField(null=True, blank=True)
+    # Why the job FAILED (or the last error a retry recovered from), for its page.
     error = models.TextField(blank=True)
     # The lease: only the runner holding an unexpired lease may write. It is
     # renewed with every checkpoint, so an expired lease means a dead runner.
@@ -57,6 +71,68 @@ class ExportJob(models.Model):
     def __str__(self):
         return f"Export {self.pk} ({self.status})"
 
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE
+
+    def window(self) -> tuple[datetime | None, datetime | None]:
+        """The date range as [start, end) instants, for the row queries."""
+
+        def midnight(day: date) -> datetime:
+            return timezone.make_aware(datetime.combine(day, time.min))
+
+        start = midnight(self.date_from) if self.date_from else None
+        end = midnight(self.date_to + timedelta(days=1)) if self.date_to else None
+        return start, end
+
+    # --8<-- [start:request]
+    @classmethod
+    def request(cls, user, date_from: date | None = None, date_to: date | None = None) -> tuple["ExportJob", bool]:
+        """Create an export for ``user`` (dispatched after commit), unless one like it is already queued or running.
+
+        Returns ``(job, created)``: the same request twice gives the job already
+        under way, not a second one. Raises ``TooManyExports`` when the user has
+        ``EXPORT_MAX_RUNNING_PER_USER`` exports queued or running.
+
+        Count-then-insert is a race (two requests both count one and both insert);
+        locking the user's row first makes concurrent requests of one user take
+        turns, while other users' requests do not wait. (SQLite has no row locks,
+        but it runs one write transaction at a time.)
+        """
+        from .tasks import generate_csv_export
+
+        with transaction.atomic():
+            get_user_model().objects.select_for_update().filter(pk=user.pk).first()
+            active = cls.objects.filter(user=user, status__in=cls.ACTIVE)
+            same = active.filter(date_from=date_from, date_to=date_to).order_by("created_at").first()
+            if same is not None:
+                return same, False
+            limit = settings.EXPORT_MAX_RUNNING_PER_USER
+            if active.count() >= limit:
+                raise TooManyExports(
+                    f"you already have {limit} export{'s' if limit != 1 else ''} running; "
+                    "wait for one to finish or cancel one"
+                )
+            job = cls.objects.create(user=user, date_from=date_from, date_to=date_to)
+            generate_csv_export.delay_on_commit(job.pk)  # the worker always finds the job
+        return job, True
+        # --8<-- [end:request]
+
+    # --8<-- [start:cancel]
+    @classmethod
+    def cancel(cls, pk: int, user) -> bool:
+        """Mark the user's queued or running export CANCELLED (one UPDATE); False if it had already ended.
+
+        The runner notices at its next checkpoint, which is conditional on the
+        job still being active, stops and cleans up its parts.
+        """
+        return bool(
+            cls.objects.filter(pk=pk, user=user, status__in=cls.ACTIVE).update(
+                status=cls.Status.CANCELLED, finished_at=timezone.now()
+            )
+        )
+        # --8<-- [end:cancel]
+
     @staticmethod
     def lease_duration() -> timedelta:
         return timedelta(seconds=settings.EXPORT_LEASE_SECONDS)
@@ -68,24 +144,42 @@ class ExportJob(models.Model):
         now = timezone.now()
         free = Q(lease_owner="") | Q(lease_expires_at__lt=now) | Q(lease_owner=owner)
         return bool(
-            cls.objects.filter(free, pk=pk, status__in=[cls.Status.PENDING, cls.Status.RUNNING]).update(
+            cls.objects.filter(free, pk=pk, status__in=cls.ACTIVE).update(
                 lease_owner=owner, lease_expires_at=now + cls.lease_duration(), heartbeat_at=now
             )
         )
 
     @classmethod
-    def release(cls, pk: int, owner: str) -> None:
-        cls.objects.filter(pk=pk, lease_owner=owner).update(lease_owner="", lease_expires_at=None)
+    def release(cls, pk: int, owner: str, hold: timedelta | None = None) -> None:
+        """Give the lease up. With ``hold``, any runner may claim the job, but the
+        watchdog leaves it alone that long (a retry is on its way)."""
+        expires = timezone.now() + hold if hold else None
+        cls.objects.filter(pk=pk, lease_owner=owner).update(lease_owner="", lease_expires_at=expires)
 
     @classmethod
     def stale(cls):
-        """Unfinished jobs whose runner stopped renewing its lease (or never started)."""
+        """Unfinished jobs whose runner stopped renewing its lease (or never started).
+
+        FAILED and CANCELLED jobs are finished: the watchdog never sends them again.
+        """
         now = timezone.now()
-        unfinished = cls.objects.filter(status__in=[cls.Status.PENDING, cls.Status.RUNNING])
-        return unfinished.filter(
-            Q(lease_expires_at__lt=now) | Q(lease_owner="", created_at__lt=now - cls.lease_duration())
-        )
+        unfinished = cls.objects.filter(status__in=cls.ACTIVE)
+        unowned = Q(lease_owner="", lease_expires_at__isnull=True, created_at__lt=now - cls.lease_duration())
+        return unfinished.filter(Q(lease_expires_at__lt=now) | unowned)
         # --8<-- [end:lease]
+
+    @classmethod
+    def mark_failed(cls, pk: int, reason: str) -> bool:
+        """FAILED, with the reason, unless the job already ended; True if this call failed it."""
+        return bool(
+            cls.objects.filter(pk=pk, status__in=cls.ACTIVE).update(
+                status=cls.Status.FAILED,
+                error=reason,
+                finished_at=timezone.now(),
+                lease_owner="",
+                lease_expires_at=None,
+            )
+        )
 
     @property
     def progress(self) -> float:

@@ -8,14 +8,31 @@ from datetime import timedelta
 from billiard.common import TERM_SIGNAL
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.utils.time import get_exponential_backoff_interval
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, close_old_connections, connections
 from django.utils import timezone
 
-from .csv_export import ExportRunner, LeaseLost
+from ..core.task_base import BaseTask
+from .csv_export import Cancelled, ExportRunner, LeaseLost
 from .models import ExportJob
 
 logger = logging.getLogger(__name__)
+
+# Errors worth another attempt from the checkpoint: storage hiccups (a full or
+# unmounted disk, a network timeout: OSError and its subclasses). A lost database
+# connection is retried by BaseTask. Add your storage's own transient errors
+# (with S3, botocore's BotoCoreError). Anything else fails the job at once.
+TRANSIENT_ERRORS = (OSError,)
+
+
+def retry_hold() -> timedelta:
+    """How long a job waiting for its retry is kept from the watchdog: the longest backoff, plus a lease.
+
+    Its lease is released (the retry is a new runner) but not expired, so the
+    watchdog does not send a second copy that would run beside the retry.
+    """
+    return timedelta(seconds=settings.TASK_RETRY_POLICY["retry_backoff_max"]) + ExportJob.lease_duration()
 
 
 # --8<-- [start:hand-back]
@@ -60,14 +77,44 @@ def hand_back_on_termination(job_id: int, owner: str):
         # --8<-- [end:hand-back]
 
 
+# --8<-- [start:export-task]
+class ExportTask(BaseTask):
+    """BaseTask, plus: an export that fails for good is marked FAILED, with one dead letter."""
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo):
+        """Retries exhausted, or an error not worth retrying: the job is FAILED, and the watchdog leaves it alone.
+
+        Only the call whose conditional UPDATE moved the job to FAILED writes
+        the dead letter: a job that already ended (cancelled, or failed by a
+        duplicate message) gets no second one.
+        """
+        job_id = args[0] if args else kwargs.get("export_job_id")
+        reason = f"{type(exc).__name__}: {exc}"[:2000]
+        try:
+            failed_now = ExportJob.mark_failed(job_id, reason)
+            if failed_now:
+                ExportRunner.delete_parts(ExportJob(pk=job_id))
+        except Exception:
+            logger.exception("export %s: could not mark the job failed", job_id)
+            failed_now = True  # could not tell: keep the dead letter rather than lose it
+        if failed_now:
+            logger.error("export %s failed for good: %s", job_id, reason)
+            super().on_failure(exc, task_id, args, kwargs, einfo)
+        else:
+            logger.info("export %s had already ended; no dead letter for %s", job_id, task_id)
+            # --8<-- [end:export-task]
+
+
 # --8<-- [start:generate-csv-export]
-@shared_task(bind=True)
+@shared_task(bind=True, base=ExportTask)
 def generate_csv_export(self, export_job_id: int) -> str:
     """Export a user's transactions to CSV; resumable, memory-flat, one runner at a time.
 
     Routed to "export" (30-minute limit, one process per worker). The engine is
-    in ``csv_export.py``. A missing job is logged and the task ends; a completed
-    job is not rewritten; a job another live runner holds is left to it.
+    in ``csv_export.py``. A missing job is logged and the task ends; a finished
+    job (completed, failed, cancelled) is left as it is; a job another live
+    runner holds is left to it. A transient error is retried from the
+    checkpoint; anything else, or the last retry, fails the job (ExportTask).
     """
     job = ExportJob.objects.filter(pk=export_job_id).first()
     if job is None:
@@ -75,6 +122,9 @@ def generate_csv_export(self, export_job_id: int) -> str:
         return "missing"
     if job.status == ExportJob.Status.COMPLETED:
         return "already-completed"
+    if not job.is_active:
+        logger.info("export %s: %s, not running it", job.pk, job.status)
+        return job.status
     runner = ExportRunner(job.pk)
     if not ExportJob.claim(job.pk, runner.owner):
         logger.info("export %s: another runner holds the lease", job.pk)
@@ -86,17 +136,31 @@ def generate_csv_export(self, export_job_id: int) -> str:
         except LeaseLost:
             logger.warning("export %s: lease lost, another runner continues", export_job_id)
             return "lease-lost"
+        except Cancelled:
+            # The user cancelled: stop here, free the lease and the disk. Not a
+            # failure, so no retry and no dead letter.
+            ExportJob.release(export_job_id, runner.owner)
+            ExportRunner.delete_parts(job)
+            logger.info("export %s: cancelled, stopped at a batch boundary", export_job_id)
+            return "cancelled"
         except SoftTimeLimitExceeded:
             # Out of time, not out of progress: continue from the checkpoint.
-            ExportJob.release(export_job_id, runner.owner)
+            ExportJob.release(export_job_id, runner.owner, hold=retry_hold())
             raise self.retry(countdown=1) from None
         except Exception as error:
             # If the database connection broke, these writes would fail on it too
             # and the lease would stay taken until it expires. Reconnect first:
             # the retry (core/task_base.py) then resumes from the checkpoint at once.
-            close_old_connections()
-            ExportJob.release(export_job_id, runner.owner)
+            if not self.request.is_eager:  # run eagerly, it is the caller's connection
+                close_old_connections()
+            ExportJob.release(export_job_id, runner.owner, hold=retry_hold())
             ExportJob.objects.filter(pk=export_job_id).update(error=f"{type(error).__name__}: {error}"[:2000])
+            if isinstance(error, TRANSIENT_ERRORS):
+                countdown = get_exponential_backoff_interval(
+                    self.retry_backoff, self.request.retries, self.retry_backoff_max, self.retry_jitter
+                )
+                # The last retry re-raises the error: ExportTask.on_failure then fails the job.
+                raise self.retry(exc=error, countdown=countdown) from error
             raise
     logger.info("export %s: %s rows, %s bytes in %s", job.pk, job.processed_rows, job.bytes_written, job.file.name)
     return "completed"
@@ -110,7 +174,8 @@ def export_watchdog(dry_run: bool = False) -> list[int]:
 
     With Redis, a SIGKILLed worker's message only comes back after the visibility
     timeout (an hour); this brings the job back within a lease plus a minute.
-    A duplicate dispatch is harmless: only one runner gets the lease.
+    A duplicate dispatch is harmless: only one runner gets the lease. Failed and
+    cancelled jobs are finished (``ExportJob.stale()``): never sent again.
     """
     stale = list(ExportJob.stale().values_list("pk", flat=True))
     for pk in [] if dry_run else stale:

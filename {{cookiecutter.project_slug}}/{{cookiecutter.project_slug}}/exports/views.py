@@ -1,13 +1,27 @@
+from django import forms
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db import transaction
 from django.http import FileResponse, Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from .models import ExportJob
-from .tasks import generate_csv_export
+from .csv_export import ExportRunner
+from .models import ExportJob, TooManyExports
+
+
+class ExportForm(forms.Form):
+    """The export's parameters: an optional range of days."""
+
+    date_from = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    date_to = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned.get("date_from") and cleaned.get("date_to") and cleaned["date_from"] > cleaned["date_to"]:
+            raise forms.ValidationError("The first day must not be after the last day.")
+        return cleaned
 
 
 def own_job(request, pk) -> ExportJob:
@@ -16,19 +30,32 @@ def own_job(request, pk) -> ExportJob:
     return get_object_or_404(ExportJob, pk=pk, user=request.user)
 
 
+def render_list(request, form, status=200):
+    jobs = ExportJob.objects.filter(user=request.user)[:20]
+    return render(request, "exports/list.html", {"jobs": jobs, "form": form}, status=status)
+
+
 @login_required
 def export_list(request):
-    jobs = ExportJob.objects.filter(user=request.user)[:20]
-    return render(request, "exports/list.html", {"jobs": jobs})
+    return render_list(request, ExportForm())
 
 
 # --8<-- [start:start-export]
 @login_required
 @require_POST
 def start_export(request):
-    with transaction.atomic():
-        job = ExportJob.objects.create(user=request.user)
-        generate_csv_export.delay_on_commit(job.pk)  # the worker always finds the job
+    form = ExportForm(request.POST)
+    if not form.is_valid():
+        return render_list(request, form, status=400)
+    try:
+        # Row-locks the user, reuses the same export if it is under way, enforces
+        # EXPORT_MAX_RUNNING_PER_USER, dispatches after commit (models.py).
+        job, created = ExportJob.request(request.user, **form.cleaned_data)
+    except TooManyExports as refusal:
+        messages.error(request, f"Export not started: {refusal}.")
+        return render_list(request, form, status=429)
+    if not created:
+        messages.info(request, f"Export {job.pk} with these settings is already under way: here it is.")
     return redirect("exports:detail", pk=job.pk)
     # --8<-- [end:start-export]
 
@@ -38,10 +65,27 @@ def export_detail(request, pk):
     return render(request, "exports/detail.html", {"job": own_job(request, pk)})
 
 
+# --8<-- [start:cancel-export]
+@login_required
+@require_POST
+def cancel_export(request, pk):
+    job = own_job(request, pk)
+    if ExportJob.cancel(job.pk, request.user):
+        # A live runner stops at its next checkpoint and cleans up after itself;
+        # this covers a job that was still queued, or whose runner died.
+        ExportRunner.delete_parts(job)
+        messages.success(request, f"Export {job.pk} cancelled.")
+    else:
+        job.refresh_from_db()
+        messages.error(request, f"Export {job.pk} is already {job.get_status_display().lower()}: nothing to cancel.")
+    return redirect("exports:detail", pk=job.pk)
+    # --8<-- [end:cancel-export]
+
+
 # --8<-- [start:progress]
 @login_required
 def export_progress(request, pk):
-    """What the progress bar polls: rows done of total, rate, ETA, download link."""
+    """What the progress bar polls: rows done of total, rate, ETA, download link, or why it failed."""
     job = own_job(request, pk)
     elapsed = ((job.finished_at or timezone.now()) - job.started_at).total_seconds() if job.started_at else 0
     rate = job.processed_rows / elapsed if elapsed > 0 else 0.0
@@ -56,6 +100,7 @@ def export_progress(request, pk):
             "rows_per_second": round(rate),
             "eta_seconds": 0 if done else (round(remaining / rate) if rate else None),
             "download_url": reverse("exports:download", args=[job.pk]) if done else None,
+            "error": job.error if job.status == ExportJob.Status.FAILED else "",
         }
     )
     # --8<-- [end:progress]

@@ -1,11 +1,17 @@
 import time
+from datetime import date
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
-from django.db import transaction
 
-from ...models import ExportJob
-from ...tasks import generate_csv_export
+from ...models import ExportJob, TooManyExports
+
+
+def day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise CommandError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
 class Command(BaseCommand):
@@ -13,26 +19,37 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--user", required=True, help="username whose transactions to export")
+        parser.add_argument("--from", dest="date_from", help="first day (YYYY-MM-DD) of transactions to export")
+        parser.add_argument("--to", dest="date_to", help="last day (YYYY-MM-DD) of transactions to export")
         parser.add_argument("--wait", action="store_true", help="block until the export finishes")
         parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait with --wait")
 
-    def handle(self, *args, user, wait, timeout, **options):
+    def handle(self, *args, user, date_from, date_to, wait, timeout, **options):
         owner = get_user_model().objects.filter(username=user).first()
         if owner is None:
             raise CommandError(f"no user named {user!r}")
-        with transaction.atomic():
-            job = ExportJob.objects.create(user=owner)
-            # Sent only after COMMIT: the worker can always read the job row.
-            generate_csv_export.delay_on_commit(job.pk)
+        date_from, date_to = (day(value) if value else None for value in (date_from, date_to))
+        if date_from and date_to and date_from > date_to:
+            raise CommandError("--from must not be after --to")
+        try:
+            # The same rules as the web page: a per-user limit, and the export
+            # already under way with the same parameters is reused, not doubled.
+            job, created = ExportJob.request(owner, date_from=date_from, date_to=date_to)
+        except TooManyExports as refusal:
+            raise CommandError(f"export refused for {user!r}: {refusal}") from None
+        if not created:
+            self.stderr.write(f"export {job.pk} with these parameters is already {job.status}: reusing it")
         self.stdout.write(str(job.pk))
         if not wait:
             return
         deadline = time.monotonic() + timeout
-        while job.status not in (ExportJob.Status.COMPLETED, ExportJob.Status.FAILED):
+        while job.is_active:
             if time.monotonic() > deadline:
                 raise CommandError(f"export {job.pk} did not finish within {timeout:.0f}s (status {job.status})")
             time.sleep(0.5)
             job.refresh_from_db()
         if job.status == ExportJob.Status.FAILED:
             raise CommandError(f"export {job.pk} failed: {job.error}")
+        if job.status == ExportJob.Status.CANCELLED:
+            raise CommandError(f"export {job.pk} was cancelled")
         self.stderr.write(f"export {job.pk} completed: {job.processed_rows} rows in {job.file.name}")
