@@ -250,13 +250,14 @@ class SandboxProvider:
     @staticmethod
     def _pending_charge(charge_id: str, pending: dict) -> Charge:
         status = pending["status"]
+        action_url = reverse("payments:sandbox-authenticate", args=[charge_id]) if status == "requires_action" else ""
         return Charge(
             id=charge_id,
             amount_cents=pending["amount_cents"],
             currency=pending["currency"],
             outcome=STRIPE_OUTCOMES[status],  # the sandbox speaks Stripe's statuses
             provider_status=status,
-            action_url=reverse("payments:sandbox-authenticate", args=[charge_id]) if status == "requires_action" else "",
+            action_url=action_url,
             failure_reason=pending["reason"],
         )
 

@@ -205,7 +205,8 @@ def reconcile_stuck_payments(dry_run: bool = False) -> list[int]:
     remembered = now - timedelta(hours=settings.PAYMENT_IDEMPOTENCY_WINDOW_HOURS)
     resend = list(unsent.filter(created_at__gte=remembered).values_list("pk", flat=True))
     forgotten = list(unsent.filter(created_at__lt=remembered).values_list("pk", flat=True))
-    undecided = stuck.filter(Q(status=Order.Status.REQUIRES_ACTION) | Q(status=Order.Status.PROCESSING, charge_id__gt=""))
+    held = Q(status=Order.Status.REQUIRES_ACTION) | Q(status=Order.Status.PROCESSING, charge_id__gt="")
+    undecided = stuck.filter(held)
     poll = list(undecided.values_list("pk", flat=True))
     # PENDING orders: see the docstring (the outbox's relay re-sends them).
 

@@ -128,19 +128,26 @@ def stripe_webhook(request):
     if not event.type.startswith("payment_intent."):
         return HttpResponse(status=204)  # not ours to handle; 2xx, or Stripe retries it
     intent = event.data.object.to_dict()
-    order = Order.objects.filter(charge_id=intent["id"]).first()
-    order_id = str((intent.get("metadata") or {}).get("order_id", ""))
-    if order is None and order_id.isdigit():
-        # The event beat process_payment's answer (or its worker died after
-        # Stripe answered): the metadata we sent names the order. Record the id.
-        if Order.objects.filter(pk=int(order_id), charge_id="").update(charge_id=intent["id"]):
-            order = Order.objects.get(pk=int(order_id))
+    order = Order.objects.filter(charge_id=intent["id"]).first() or order_named_by(intent)
     if order is None:
         logger.warning("stripe webhook: %s for %s matches no order", event.type, intent["id"])
         return HttpResponse(status=204)
     sync_payment.delay(order.pk)
     return HttpResponse(status=204)
     # --8<-- [end:webhook]
+
+
+def order_named_by(intent: dict) -> Order | None:
+    """The order in the metadata we sent, if it has no PaymentIntent yet; it gets this one.
+
+    The event beat process_payment's answer, or its worker died after Stripe answered.
+    """
+    order_id = str((intent.get("metadata") or {}).get("order_id", ""))
+    if not order_id.isdigit():
+        return None
+    if not Order.objects.filter(pk=int(order_id), charge_id="").update(charge_id=intent["id"]):
+        return None
+    return Order.objects.get(pk=int(order_id))
 
 
 @login_required

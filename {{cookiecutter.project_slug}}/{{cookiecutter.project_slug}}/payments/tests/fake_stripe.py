@@ -246,7 +246,8 @@ class FakeStripe:
                         return self._answer(status, body, replayed=True)
                     if key in fake.in_flight:
                         message = "There is currently another in-progress request using this Idempotent Key."
-                        return self._answer(409, error_body("invalid_request_error", message, code="idempotency_key_in_use"))
+                        body = error_body("invalid_request_error", message, code="idempotency_key_in_use")
+                        return self._answer(409, body)
                     if key:
                         fake.in_flight.add(key)
                     fault = fake.faults.popleft() if fake.faults else ("none",)
