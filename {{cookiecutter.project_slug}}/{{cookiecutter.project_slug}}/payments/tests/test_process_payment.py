@@ -145,6 +145,17 @@ def test_deploy_check_warns_when_production_would_charge_the_sandbox(settings):
     assert check_payment_provider(None) == []
 
 
+def test_deploy_check_warns_when_stripe_webhooks_cannot_be_verified(settings):
+    from ..checks import check_stripe_webhook
+
+    settings.STRIPE_SECRET_KEY, settings.STRIPE_WEBHOOK_SECRET = "sk_live_x", ""
+    assert [warning.id for warning in check_stripe_webhook(None)] == ["payments.W002"]
+    settings.STRIPE_WEBHOOK_SECRET = "whsec_x"
+    assert check_stripe_webhook(None) == []
+    settings.STRIPE_SECRET_KEY, settings.STRIPE_WEBHOOK_SECRET = "", ""  # the sandbox has no webhooks
+    assert check_stripe_webhook(None) == []
+
+
 # ------------------------------------------------------------------------------
 # The sandbox's test cards: decline, 3-D Secure, and a request refused for good.
 # ------------------------------------------------------------------------------
