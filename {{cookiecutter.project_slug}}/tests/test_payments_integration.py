@@ -8,15 +8,18 @@ backoff across processes, the dead letter, and dispatch after commit.
 import os
 import signal
 import uuid
+from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.urls import reverse
+from django.utils import timezone
 
 from {{ cookiecutter.project_slug }}.core.models import FailedTask
 from {{ cookiecutter.project_slug }}.payments.models import Order, SandboxCharge
-from {{ cookiecutter.project_slug }}.payments.tasks import process_payment
+from {{ cookiecutter.project_slug }}.payments.providers import SandboxProvider
+from {{ cookiecutter.project_slug }}.payments.tasks import process_payment, reconcile_stuck_payments
 from {{ cookiecutter.project_slug }}.payments.tests.fake_stripe import API_KEY
 from {{ cookiecutter.project_slug }}.users.models import PasswordResetRequest
 from {{ cookiecutter.project_slug }}.users.tasks import send_password_reset_email
@@ -172,6 +175,37 @@ def test_sigterm_lets_a_running_payment_finish(live_celery, user, sandbox):
     finally:
         live_celery.restart("worker-high")
     assert SandboxCharge.objects.count() == 1
+
+
+def test_a_refused_request_fails_for_good_with_one_dead_letter_and_is_never_resent(live_celery, user):
+    order = Order.objects.create(user=user, amount_cents=4321, payment_method="pm_card_bogus")
+
+    result = process_payment.delay(order.pk)
+    with pytest.raises(Exception, match="No such PaymentMethod"):
+        result.get(timeout=TIMEOUT)
+
+    wait_for(FailedTask.objects.exists, message="the FailedTask row")
+    order.refresh_from_db()
+    assert (order.status, order.payment_attempts) == (Order.Status.FAILED, 1)  # no retry
+    Order.objects.filter(pk=order.pk).update(updated_at=timezone.now() - timedelta(hours=1))
+    assert reconcile_stuck_payments.delay().get(timeout=TIMEOUT) == []  # on worker-default, as beat runs it
+    assert FailedTask.objects.count() == 1
+
+
+def test_3d_secure_on_the_pools_settles_by_reconciliation(live_celery, user):
+    """The customer authenticated, the notification never came: reconciliation asks and pays."""
+    order = Order.objects.create(user=user, amount_cents=5555, payment_method="pm_card_threeDSecure2Required")
+
+    assert process_payment.delay(order.pk).get(timeout=TIMEOUT) == "requires-action"
+    order.refresh_from_db()
+    assert not SandboxCharge.objects.exists()
+    SandboxProvider().authenticate(order.charge_id, succeed=True)
+    Order.objects.filter(pk=order.pk).update(updated_at=timezone.now() - timedelta(hours=1))
+
+    assert reconcile_stuck_payments.delay().get(timeout=TIMEOUT) == [order.pk]
+
+    wait_for(lambda: Order.objects.filter(pk=order.pk, status=Order.Status.PAID).exists(), message="the payment")
+    assert SandboxCharge.objects.get().charge_id == order.charge_id
 
 
 # ------------------------------------------------------------------------------

@@ -207,8 +207,16 @@ def test_sandbox_3d_secure_failed_fails_the_order(user, client):
     assert not SandboxCharge.objects.exists()
 
 
-def test_a_refused_request_fails_the_order_for_good_with_one_dead_letter(user, sandbox, eager_retries):
-    order = Order.objects.create(user=user, amount_cents=4200, payment_method="pm_card_bogus")
+@pytest.mark.parametrize(
+    ("payment_method", "plan", "message"),
+    [("pm_card_bogus", (), "No such PaymentMethod"), ("pm_card_visa", ("reject",), "400 invalid request")],
+    ids=["unknown-payment-method", "scripted"],
+)
+def test_a_refused_request_fails_the_order_for_good_with_one_dead_letter(
+    user, sandbox, eager_retries, payment_method, plan, message
+):
+    order = Order.objects.create(user=user, amount_cents=4200, payment_method=payment_method)
+    sandbox.plan(order.idempotency_key, *plan)
 
     assert process_payment.apply((order.pk,), throw=False).failed()
 
@@ -217,5 +225,5 @@ def test_a_refused_request_fails_the_order_for_good_with_one_dead_letter(user, s
     assert order.payment_attempts == 1  # not retried
     failed = FailedTask.objects.get()
     assert failed.exception_type.endswith("PaymentRejected")
-    assert "No such PaymentMethod" in failed.exception_message
+    assert message in failed.exception_message
     assert not SandboxCharge.objects.exists()
