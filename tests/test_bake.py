@@ -63,6 +63,7 @@ def test_deploy_check_passes_with_production_settings(baked):
         "DATABASE_URL": "postgres://user:password@db.invalid:5432/app",
         "REDIS_URL": "redis://redis.invalid:6379/0",
         "STRIPE_SECRET_KEY": "sk_test_dummy",
+        "STRIPE_WEBHOOK_SECRET": "whsec_dummy",
     }
     assert_ok(run(["python", "manage.py", "check", "--deploy", "--fail-level", "WARNING"], baked.path, env=env))
 

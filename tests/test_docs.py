@@ -45,6 +45,7 @@ PATTERN_PAGES = [
     "routing.md",
     "dispatch-after-commit.md",
     "idempotent-payments.md",
+    "payment-states.md",
     "csv-export.md",
     "retries-and-dead-letters.md",
     "dead-letters.md",

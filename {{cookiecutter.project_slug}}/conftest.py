@@ -29,3 +29,24 @@ def sandbox():
     yield provider
     for key in provider.redis.scan_iter("payments:sandbox:plan:*"):
         provider.redis.delete(key)
+
+
+@pytest.fixture
+def fake_stripe():
+    """A fake Stripe API on a local port (payments/tests/fake_stripe.py)."""
+    from {{ cookiecutter.project_slug }}.payments.tests.fake_stripe import FakeStripe
+
+    fake = FakeStripe().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def stripe_payments(fake_stripe, settings):
+    """Payments go through StripeProvider and the real stripe client, to the fake Stripe."""
+    from {{ cookiecutter.project_slug }}.payments.tests.fake_stripe import API_KEY, WEBHOOK_SECRET
+
+    settings.STRIPE_SECRET_KEY = API_KEY
+    settings.STRIPE_API_BASE = fake_stripe.url
+    settings.STRIPE_WEBHOOK_SECRET = WEBHOOK_SECRET
+    return fake_stripe

@@ -7,15 +7,20 @@ backoff across processes, the dead letter, and dispatch after commit.
 
 import os
 import signal
+import uuid
+from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.urls import reverse
+from django.utils import timezone
 
 from {{ cookiecutter.project_slug }}.core.models import FailedTask
 from {{ cookiecutter.project_slug }}.payments.models import Order, SandboxCharge
-from {{ cookiecutter.project_slug }}.payments.tasks import process_payment
+from {{ cookiecutter.project_slug }}.payments.providers import SandboxProvider
+from {{ cookiecutter.project_slug }}.payments.tasks import process_payment, reconcile_stuck_payments
+from {{ cookiecutter.project_slug }}.payments.tests.fake_stripe import API_KEY
 from {{ cookiecutter.project_slug }}.users.models import PasswordResetRequest
 from {{ cookiecutter.project_slug }}.users.tasks import send_password_reset_email
 
@@ -133,7 +138,8 @@ def test_checkout_dispatches_after_commit_so_the_worker_always_finds_the_order(l
     log_start = len(live_celery.log("worker-high"))
 
     for _ in range(10):
-        response = client.post(reverse("payments:checkout"), {"amount_cents": 2500, "currency": "EUR"})
+        form = {"amount_cents": 2500, "currency": "EUR", "payment_method": "pm_card_visa"}
+        response = client.post(reverse("payments:checkout"), form | {"submission_key": str(uuid.uuid4())})
         assert response.status_code == 302
 
     wait_for(lambda: Order.objects.filter(status=Order.Status.PAID).count() == 10, message="10 paid orders")
@@ -169,3 +175,85 @@ def test_sigterm_lets_a_running_payment_finish(live_celery, user, sandbox):
     finally:
         live_celery.restart("worker-high")
     assert SandboxCharge.objects.count() == 1
+
+
+def test_a_refused_request_fails_for_good_with_one_dead_letter_and_is_never_resent(live_celery, user):
+    order = Order.objects.create(user=user, amount_cents=4321, payment_method="pm_card_bogus")
+
+    result = process_payment.delay(order.pk)
+    with pytest.raises(Exception, match="No such PaymentMethod"):
+        result.get(timeout=TIMEOUT)
+
+    wait_for(FailedTask.objects.exists, message="the FailedTask row")
+    order.refresh_from_db()
+    assert (order.status, order.payment_attempts) == (Order.Status.FAILED, 1)  # no retry
+    Order.objects.filter(pk=order.pk).update(updated_at=timezone.now() - timedelta(hours=1))
+    assert reconcile_stuck_payments.delay().get(timeout=TIMEOUT) == []  # on worker-default, as beat runs it
+    assert FailedTask.objects.count() == 1
+
+
+def test_3d_secure_on_the_pools_settles_by_reconciliation(live_celery, user):
+    """The customer authenticated, the notification never came: reconciliation asks and pays."""
+    order = Order.objects.create(user=user, amount_cents=5555, payment_method="pm_card_threeDSecure2Required")
+
+    assert process_payment.delay(order.pk).get(timeout=TIMEOUT) == "requires-action"
+    order.refresh_from_db()
+    assert not SandboxCharge.objects.exists()
+    SandboxProvider().authenticate(order.charge_id, succeed=True)
+    Order.objects.filter(pk=order.pk).update(updated_at=timezone.now() - timedelta(hours=1))
+
+    assert reconcile_stuck_payments.delay().get(timeout=TIMEOUT) == [order.pk]
+
+    wait_for(lambda: Order.objects.filter(pk=order.pk, status=Order.Status.PAID).exists(), message="the payment")
+    assert SandboxCharge.objects.get().charge_id == order.charge_id
+
+
+# ------------------------------------------------------------------------------
+# The same guarantees with Stripe: worker-high talks to the fake Stripe over HTTP
+# through StripeProvider and the real stripe client.
+# ------------------------------------------------------------------------------
+@pytest.fixture
+def stripe_pool(live_celery, stripe_payments):
+    """worker-high restarted with Stripe settings (STRIPE_API_BASE: the fake); restored afterwards."""
+    plain = live_celery.env
+    live_celery.kill("worker-high", signal.SIGTERM, timeout=90)
+    live_celery.env = plain | {"STRIPE_SECRET_KEY": API_KEY, "STRIPE_API_BASE": stripe_payments.url}
+    try:
+        live_celery.restart("worker-high")
+        yield stripe_payments
+    finally:
+        live_celery.kill("worker-high", signal.SIGTERM, timeout=90)
+        live_celery.env = plain
+        live_celery.restart("worker-high")
+
+
+def test_16_concurrent_deliveries_through_stripe_create_one_payment_intent(stripe_pool, user):
+    order = Order.objects.create(user=user, amount_cents=2000, payment_method="pm_card_visa")
+    stripe_pool.script(("slow", 0.5))  # the first request takes a while: the others collide with it
+
+    results = [process_payment.delay(order.pk) for _ in range(16)]
+    outcomes = [result.get(timeout=TIMEOUT) for result in results]
+
+    assert outcomes.count("paid") == 1, outcomes
+    assert set(outcomes) <= {"paid", "already-paid"}
+    assert stripe_pool.creates() == 1
+    order.refresh_from_db()
+    assert (order.status, order.charge_id) == (Order.Status.PAID, next(iter(stripe_pool.intents)))
+
+
+def test_worker_killed_while_stripe_answers_charges_once(stripe_pool, live_celery, user):
+    order = Order.objects.create(user=user, amount_cents=3000, payment_method="pm_card_visa")
+    stripe_pool.script(("hang_after_create", 30))  # created at Stripe, answer held back
+
+    result = process_payment.delay(order.pk)
+    wait_for(stripe_pool.creates, message="Stripe to create the PaymentIntent")
+    host = live_celery.hostname("worker-high")
+    active = app.control.inspect(destination=[host], timeout=2.0).active()[host]
+    (running,) = [task for task in active if task["id"] == result.id]
+    os.kill(running["worker_pid"], signal.SIGKILL)
+
+    assert result.get(timeout=TIMEOUT) == "paid"  # the retry's request, same key: Stripe's saved answer
+    order.refresh_from_db()
+    assert (order.status, order.payment_attempts) == (Order.Status.PAID, 2)
+    assert stripe_pool.creates() == 1
+    assert [request["key"] for request in stripe_pool.requests] == [str(order.idempotency_key)] * 2

@@ -128,12 +128,27 @@ EMAIL_TIMEOUT = 10
 # With a Stripe secret key, payments go to Stripe; without one, to the sandbox
 # provider (payments/providers.py), which behaves like a real one.
 STRIPE_SECRET_KEY = env("STRIPE_SECRET_KEY", default="")
+# The checkout page's Stripe.js Payment Element creates the PaymentMethod with it.
+STRIPE_PUBLISHABLE_KEY = env("STRIPE_PUBLISHABLE_KEY", default="")
+# Signing secret of the webhook endpoint (/payments/stripe/webhook/, "whsec_...").
+# Unset, the endpoint refuses every event and reconciliation's polling settles payments.
+STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET", default="")
+# Another address for Stripe's API (stripe-mock, a test double); empty: api.stripe.com.
+STRIPE_API_BASE = env("STRIPE_API_BASE", default="")
 # check --deploy warns when a production site would charge the sandbox.
 PAYMENTS_ALLOW_SANDBOX = env.bool("PAYMENTS_ALLOW_SANDBOX", default=False)
 # Seconds we wait for the provider: well inside worker-high's 25 s soft limit.
 PAYMENT_PROVIDER_TIMEOUT = 10
-# Orders PROCESSING for longer than this are re-dispatched by reconciliation.
+# Orders PROCESSING (or waiting for authentication) for longer than this are
+# re-dispatched or polled by reconciliation (docs/payment-states.md).
 PAYMENT_STUCK_AFTER_MINUTES = 10
+# A customer who has not authenticated (3-D Secure) after this long has given up:
+# reconciliation cancels the payment and fails the order.
+PAYMENT_ACTION_TIMEOUT_MINUTES = env.int("PAYMENT_ACTION_TIMEOUT_MINUTES", default=60)
+# Stripe forgets an idempotency key after 24 hours; re-sending a payment later
+# could charge again. Reconciliation re-sends only younger orders; older ones
+# are logged for an operator.
+PAYMENT_IDEMPOTENCY_WINDOW_HOURS = 23
 
 # ------------------------------------------------------------------------------
 # EXPORTS

@@ -7,7 +7,15 @@ from .models import Order, SandboxCharge
 class OrderAdmin(admin.ModelAdmin):
     list_display = ("id", "user", "amount_cents", "currency", "status", "payment_attempts", "created_at")
     list_filter = ("status",)
-    readonly_fields = ("idempotency_key", "charge_id", "payment_attempts", "paid_at")
+    readonly_fields = (
+        "idempotency_key",
+        "submission_key",
+        "charge_id",
+        "provider_status",
+        "next_action_url",
+        "payment_attempts",
+        "paid_at",
+    )
 
 
 @admin.register(SandboxCharge)

@@ -14,3 +14,18 @@ def check_payment_provider(app_configs, **kwargs):
             id="payments.W001",
         )
     ]
+
+
+@checks.register(checks.Tags.security, deploy=True)
+def check_stripe_webhook(app_configs, **kwargs):
+    """With Stripe, an unverifiable webhook means 3-D Secure payments wait for polling."""
+    if not settings.STRIPE_SECRET_KEY or settings.STRIPE_WEBHOOK_SECRET:
+        return []
+    return [
+        checks.Warning(
+            "STRIPE_WEBHOOK_SECRET is not set: Stripe's webhook events are refused, and payments "
+            "that need 3-D Secure settle only when reconciliation polls (every 5 minutes).",
+            hint="Set it to the endpoint's signing secret (whsec_...), see docs/payment-states.md.",
+            id="payments.W002",
+        )
+    ]

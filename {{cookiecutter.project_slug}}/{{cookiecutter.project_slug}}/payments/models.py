@@ -13,14 +13,20 @@ class Order(models.Model):
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
         PROCESSING = "processing", "Processing"
+        # The customer must authenticate the payment (3-D Secure): the provider
+        # holds it until they do, fail, or give up (docs/payment-states.md).
+        REQUIRES_ACTION = "requires_action", "Action required"
         PAID = "paid", "Paid"
         FAILED = "failed", "Failed"
         REFUNDED = "refunded", "Refunded"
 
-    # Which status may follow which. PROCESSING -> PROCESSING is a retry.
+    # Which status may follow which. PROCESSING -> PROCESSING is a retry (or the
+    # provider still processing); REQUIRES_ACTION -> PROCESSING is an
+    # authenticated payment that the provider has not settled yet.
     TRANSITIONS = {
         Status.PENDING: {Status.PROCESSING},
-        Status.PROCESSING: {Status.PROCESSING, Status.PAID, Status.FAILED},
+        Status.PROCESSING: {Status.PROCESSING, Status.REQUIRES_ACTION, Status.PAID, Status.FAILED},
+        Status.REQUIRES_ACTION: {Status.REQUIRES_ACTION, Status.PROCESSING, Status.PAID, Status.FAILED},
         Status.FAILED: {Status.PROCESSING},
         Status.PAID: {Status.REFUNDED},
         Status.REFUNDED: set(),
@@ -33,14 +39,31 @@ class Order(models.Model):
     # Created with the order and sent with every charge attempt: the provider
     # returns the earlier charge for a repeated key instead of charging again.
     idempotency_key = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    # One per rendered checkout form: a double-clicked or replayed POST of the
+    # same form finds the order the first one created (see the constraint below).
+    # Empty for orders made elsewhere (admin, seed data).
+    submission_key = models.UUIDField(null=True, blank=True, editable=False)
     # The provider's payment method token (Stripe: a PaymentMethod id).
     payment_method = models.CharField(max_length=64, blank=True)
+    # The provider's id for this payment (Stripe: the PaymentIntent id), known as
+    # soon as the provider answered, also before the payment is settled.
     charge_id = models.CharField(max_length=64, blank=True)
+    # What the provider last said (Stripe: the PaymentIntent status), shown on the order page.
+    provider_status = models.CharField(max_length=32, blank=True)
+    # Where the customer completes authentication (REQUIRES_ACTION).
+    next_action_url = models.URLField(max_length=2048, blank=True)
     payment_attempts = models.PositiveIntegerField(default=0)
     failure_reason = models.CharField(max_length=255, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     paid_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            # The database, not the view, guarantees one order per submission:
+            # concurrent POSTs race on this index and all but one lose.
+            models.UniqueConstraint(fields=["user", "submission_key"], name="payments_one_order_per_submission"),
+        ]
 
     def __str__(self):
         return f"Order {self.pk} ({self.status})"
@@ -49,6 +72,8 @@ class Order(models.Model):
         if status not in self.TRANSITIONS[self.status]:
             raise InvalidTransition(f"order {self.pk}: {self.status} -> {status} is not allowed")
         self.status = status
+        if status != self.Status.REQUIRES_ACTION:
+            self.next_action_url = ""
         if status == self.Status.PAID:
             self.paid_at = timezone.now()
 

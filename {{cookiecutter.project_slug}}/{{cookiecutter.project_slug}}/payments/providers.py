@@ -1,24 +1,36 @@
-"""Payment providers behind one small interface: ``charge(...) -> Charge``.
+"""Payment providers behind one small interface: ``charge``, ``retrieve``, ``cancel``.
 
 ``StripeProvider`` talks to Stripe (used when ``STRIPE_SECRET_KEY`` is set).
 ``SandboxProvider`` is the default in development and tests and behaves like a
 real provider: it keeps its own ledger (``SandboxCharge``), a repeated
-idempotency key returns the earlier charge without charging again, and it can be
-told to decline, time out, be unavailable or be slow (``SandboxProvider.plan``).
+idempotency key returns the earlier charge without charging again, it
+understands Stripe's test cards (``pm_card_visa``, ``pm_card_chargeDeclined``,
+``pm_card_threeDSecure2Required`` ...) and it can be told to time out, be
+unavailable or be slow (``SandboxProvider.plan``).
 
-Errors say what the caller may do: ``ProviderTimeout`` and ``ProviderUnavailable``
-are worth retrying with the same idempotency key; ``CardDeclined`` is final.
+A provider answers with a ``Charge`` whose ``outcome`` says where the payment
+stands (paid, waiting for the customer, still processing, failed), or raises an
+error that says what the caller may do:
+
+* ``ProviderTimeout``, ``ProviderUnavailable``: retry later, with the same key;
+* ``CardDeclined``: final, the customer's problem (order FAILED, reason shown);
+* ``PaymentRejected``: final, *our* problem (a bad request, a revoked key): the
+  order fails, and the task fails loudly so that an operator gets a dead letter.
 """
 
+import json
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol
 
 import redis
 import stripe
 from django.conf import settings
 from django.db import IntegrityError
+from django.urls import reverse
 
 from {{ cookiecutter.project_slug }}.core.redis_client import shared_redis
 
@@ -41,21 +53,63 @@ class CardDeclined(ProviderError):
     """A final answer: retrying will not change it."""
 
 
+class PaymentRejected(ProviderError):
+    """The provider refused the request itself: invalid, unauthorised, forbidden, or
+    an idempotency key reused with other parameters. A bug or a configuration error:
+    retrying sends the same request and gets the same answer."""
+
+
+class Outcome(StrEnum):
+    """Where a payment stands, in our words (each provider maps its own statuses)."""
+
+    SUCCEEDED = "succeeded"  # money taken: the order is PAID
+    REQUIRES_ACTION = "requires_action"  # the customer must authenticate (3-D Secure)
+    PROCESSING = "processing"  # the provider has not decided yet: ask again later
+    FAILED = "failed"  # no money taken, and none will be for this payment
+
+
 @dataclass(frozen=True)
 class Charge:
     id: str
     amount_cents: int
     currency: str
+    outcome: Outcome = Outcome.SUCCEEDED
+    # The provider's own word for the state (Stripe: the PaymentIntent status).
+    provider_status: str = "succeeded"
+    # REQUIRES_ACTION: where the customer authenticates.
+    action_url: str = ""
+    # FAILED: why, in words for the customer.
+    failure_reason: str = ""
 
 
 class PaymentProvider(Protocol):
     def charge(
-        self, *, amount_cents: int, currency: str, idempotency_key: str, payment_method: str = ""
+        self,
+        *,
+        amount_cents: int,
+        currency: str,
+        idempotency_key: str,
+        payment_method: str = "",
+        return_url: str = "",
+        metadata: dict[str, str] | None = None,
     ) -> Charge: ...
+
+    def retrieve(self, charge_id: str) -> Charge: ...
+
+    def cancel(self, charge_id: str) -> Charge: ...
 
 
 class SandboxProvider:
     """A provider with a ledger and scripted behaviour, for development and tests.
+
+    The payment method decides the answer, as with Stripe's test cards:
+
+    ``pm_card_visa`` (or none)        charged
+    ``pm_card_chargeDeclined``        declined (also ``...InsufficientFunds``)
+    ``pm_card_threeDSecure2Required`` REQUIRES_ACTION: the customer authenticates on
+                                      the sandbox's own page (``authenticate``), then
+                                      the payment succeeds or fails
+    anything else                     ``PaymentRejected`` ("No such PaymentMethod")
 
     ``plan(key, "timeout", "ok")`` makes the next charges with that idempotency
     key time out once, then succeed. Behaviours, one per call, then "ok" forever:
@@ -65,13 +119,25 @@ class SandboxProvider:
     ``timeout_after_charge``  charge, then raise ProviderTimeout (the ambiguous case)
     ``unavailable``         raise ProviderUnavailable
     ``decline``             raise CardDeclined
+    ``reject``              raise PaymentRejected (as for an invalid request)
     ``slow:<seconds>``      wait, then charge
     ``hang_after_charge:<seconds>``  charge, then wait (a window to kill the worker in)
 
-    The plan lives in Redis so that every worker process sees it.
+    Plans and payments waiting for authentication live in Redis so that every
+    worker process (and the web process) sees them; accepted charges live in the
+    ledger, one ``SandboxCharge`` row each.
     """
 
     PLAN_TTL = 3600
+    PENDING_TTL = 24 * 3600
+    TEST_CARDS = {
+        "": "ok",
+        "pm_card_visa": "ok",
+        "pm_card_mastercard": "ok",
+        "pm_card_chargeDeclined": "decline:Your card was declined.",
+        "pm_card_chargeDeclinedInsufficientFunds": "decline:Your card has insufficient funds.",
+        "pm_card_threeDSecure2Required": "authenticate",
+    }
 
     def __init__(self, client: redis.Redis | None = None):
         self.redis = client or shared_redis()
@@ -89,7 +155,16 @@ class SandboxProvider:
                 pipe.expire(key, self.PLAN_TTL)
             pipe.execute()
 
-    def charge(self, *, amount_cents: int, currency: str, idempotency_key: str, payment_method: str = "") -> Charge:
+    def charge(
+        self,
+        *,
+        amount_cents: int,
+        currency: str,
+        idempotency_key: str,
+        payment_method: str = "",
+        return_url: str = "",
+        metadata: dict[str, str] | None = None,
+    ) -> Charge:
         step = self.redis.lpop(self._plan_key(idempotency_key))
         behaviour, _, argument = (step.decode() if step else "ok").partition(":")
         if behaviour == "slow":
@@ -100,8 +175,18 @@ class SandboxProvider:
             raise ProviderUnavailable("sandbox: 503 service unavailable")
         elif behaviour == "decline":
             raise CardDeclined("sandbox: card declined (insufficient funds)")
+        elif behaviour == "reject":
+            raise PaymentRejected("sandbox: 400 invalid request")
 
-        charge = self._record(amount_cents, currency, idempotency_key)
+        card = self.TEST_CARDS.get(payment_method)
+        if card is None:
+            raise PaymentRejected(f"No such PaymentMethod: {payment_method!r}")
+        if card.startswith("decline:"):
+            raise CardDeclined(card.removeprefix("decline:"))
+        if card == "authenticate":
+            charge = self._authentication_for(amount_cents, currency, idempotency_key)
+        else:
+            charge = self._record(amount_cents, currency, idempotency_key)
 
         if behaviour == "timeout_after_charge":
             raise ProviderTimeout("sandbox: charged, but the answer was lost")
@@ -109,14 +194,81 @@ class SandboxProvider:
             time.sleep(float(argument))
         return charge
 
+    def retrieve(self, charge_id: str) -> Charge:
+        row = SandboxCharge.objects.filter(charge_id=charge_id).first()
+        if row is not None:
+            return Charge(id=row.charge_id, amount_cents=row.amount_cents, currency=row.currency)
+        pending = self._pending(charge_id)
+        if pending is None:
+            raise PaymentRejected(f"No such payment: {charge_id!r}")
+        return self._pending_charge(charge_id, pending)
+
+    def cancel(self, charge_id: str) -> Charge:
+        pending = self._pending(charge_id)
+        if pending is None or pending["status"] != "requires_action":
+            raise PaymentRejected(f"sandbox: payment {charge_id!r} cannot be cancelled")
+        pending |= {"status": "canceled", "reason": "The payment was cancelled: authentication not completed."}
+        self._save_pending(charge_id, pending)
+        return self._pending_charge(charge_id, pending)
+
+    def authenticate(self, charge_id: str, *, succeed: bool) -> Charge:
+        """The customer passes (or fails) authentication: what the bank's 3-D Secure page does."""
+        pending = self._pending(charge_id)
+        if pending is None:
+            raise PaymentRejected(f"No such payment: {charge_id!r}")
+        if pending["status"] == "requires_action":
+            if succeed:
+                self._record(pending["amount_cents"], pending["currency"], pending["key"], charge_id=charge_id)
+                pending["status"] = "succeeded"
+            else:
+                pending |= {"status": "requires_payment_method", "reason": "3-D Secure authentication failed."}
+            self._save_pending(charge_id, pending)
+        return self.retrieve(charge_id)
+
+    # Payments waiting for authentication: not charges (yet), so not in the ledger.
+    def _authentication_for(self, amount_cents: int, currency: str, idempotency_key: str) -> Charge:
+        if row := SandboxCharge.objects.filter(idempotency_key=idempotency_key).first():
+            return Charge(id=row.charge_id, amount_cents=row.amount_cents, currency=row.currency)
+        candidate = f"pi_sandbox_{uuid.uuid4().hex[:24]}"
+        # SET NX: concurrent calls with one key agree on one payment.
+        self.redis.set(f"payments:sandbox:auth:{idempotency_key}", candidate, nx=True, ex=self.PENDING_TTL)
+        charge_id = self.redis.get(f"payments:sandbox:auth:{idempotency_key}").decode()
+        pending = self._pending(charge_id)
+        if pending is None:
+            pending = {"key": idempotency_key, "amount_cents": amount_cents, "currency": currency}
+            pending |= {"status": "requires_action", "reason": ""}
+            self._save_pending(charge_id, pending)
+        return self._pending_charge(charge_id, pending)
+
+    def _pending(self, charge_id: str) -> dict | None:
+        raw = self.redis.get(f"payments:sandbox:intent:{charge_id}")
+        return json.loads(raw) if raw else None
+
+    def _save_pending(self, charge_id: str, pending: dict) -> None:
+        self.redis.set(f"payments:sandbox:intent:{charge_id}", json.dumps(pending), ex=self.PENDING_TTL)
+
     @staticmethod
-    def _record(amount_cents: int, currency: str, idempotency_key: str) -> Charge:
+    def _pending_charge(charge_id: str, pending: dict) -> Charge:
+        status = pending["status"]
+        action_url = reverse("payments:sandbox-authenticate", args=[charge_id]) if status == "requires_action" else ""
+        return Charge(
+            id=charge_id,
+            amount_cents=pending["amount_cents"],
+            currency=pending["currency"],
+            outcome=STRIPE_OUTCOMES[status],  # the sandbox speaks Stripe's statuses
+            provider_status=status,
+            action_url=action_url,
+            failure_reason=pending["reason"],
+        )
+
+    @staticmethod
+    def _record(amount_cents: int, currency: str, idempotency_key: str, charge_id: str = "") -> Charge:
         """One ledger row per idempotency key, also under concurrent calls."""
         try:
             row, _ = SandboxCharge.objects.get_or_create(
                 idempotency_key=idempotency_key,
                 defaults={
-                    "charge_id": f"ch_{uuid.uuid4().hex[:24]}",
+                    "charge_id": charge_id or f"ch_{uuid.uuid4().hex[:24]}",
                     "amount_cents": amount_cents,
                     "currency": currency,
                 },
@@ -126,39 +278,120 @@ class SandboxProvider:
         return Charge(id=row.charge_id, amount_cents=row.amount_cents, currency=row.currency)
 
 
-class StripeProvider:
-    """Stripe PaymentIntents, confirmed at once, with our idempotency key."""
+# --8<-- [start:stripe-statuses]
+# Stripe's PaymentIntent statuses, in our words. Only "succeeded" means paid.
+# https://docs.stripe.com/payments/paymentintents/lifecycle
+STRIPE_OUTCOMES = {
+    "succeeded": Outcome.SUCCEEDED,
+    "requires_action": Outcome.REQUIRES_ACTION,  # 3-D Secure: the customer must act
+    "processing": Outcome.PROCESSING,  # asynchronous methods; a webhook (or a poll) tells
+    "requires_capture": Outcome.PROCESSING,  # authorised, not captured (manual capture only)
+    # After a confirmation attempt, these mean the attempt failed: declined during
+    # authentication, never confirmed, or cancelled. The customer starts a new checkout.
+    "requires_payment_method": Outcome.FAILED,
+    "requires_confirmation": Outcome.FAILED,
+    "canceled": Outcome.FAILED,
+}
+# --8<-- [end:stripe-statuses]
 
-    def __init__(self, api_key: str, http_client: stripe.HTTPClient | None = None):
+
+# --8<-- [start:stripe-errors]
+@contextmanager
+def stripe_errors():
+    """Translate stripe-python's errors into what the task may do about them."""
+    try:
+        yield
+    except stripe.CardError as error:  # 402: declined, the customer's answer
+        raise CardDeclined(error.user_message or str(error)) from error
+    except stripe.APIConnectionError as error:  # no answer: the request may have run
+        raise ProviderTimeout(str(error)) from error
+    except (stripe.RateLimitError, stripe.APIError) as error:  # 429, 5xx, 409 "key in use"
+        raise ProviderUnavailable(str(error)) from error
+    except (
+        stripe.InvalidRequestError,  # 400/404: a bad request stays bad
+        stripe.AuthenticationError,  # 401: wrong or revoked API key
+        stripe.PermissionError,  # 403: the key may not do this
+        stripe.IdempotencyError,  # the key was used with other parameters
+    ) as error:
+        raise PaymentRejected(f"{type(error).__name__}: {error.user_message or error}") from error
+        # --8<-- [end:stripe-errors]
+
+
+class StripeProvider:
+    """Stripe PaymentIntents, confirmed at once, with our idempotency key.
+
+    ``api_base`` points the real client at another address (``STRIPE_API_BASE``:
+    stripe-mock, or the tests' fake Stripe); empty means api.stripe.com.
+    """
+
+    def __init__(self, api_key: str, api_base: str = "", http_client: stripe.HTTPClient | None = None):
         # No client-side retries: Celery owns the retry policy (backoff, dead letter).
         self.client = stripe.StripeClient(
             api_key,
             max_network_retries=0,
+            base_addresses={"api": api_base} if api_base else None,
             http_client=http_client or stripe.RequestsClient(timeout=settings.PAYMENT_PROVIDER_TIMEOUT),
         )
 
-    def charge(self, *, amount_cents: int, currency: str, idempotency_key: str, payment_method: str = "") -> Charge:
-        try:
-            intent = self.client.v1.payment_intents.create(
-                params={
-                    "amount": amount_cents,
-                    "currency": currency.lower(),
-                    "payment_method": payment_method,
-                    "confirm": True,
-                    "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"},
-                },
-                options={"idempotency_key": idempotency_key},
-            )
-        except stripe.CardError as error:
-            raise CardDeclined(error.user_message or str(error)) from error
-        except stripe.APIConnectionError as error:
-            raise ProviderTimeout(str(error)) from error
-        except (stripe.RateLimitError, stripe.APIError) as error:
-            raise ProviderUnavailable(str(error)) from error
-        return Charge(id=intent.id, amount_cents=intent.amount, currency=intent.currency.upper())
+    def charge(
+        self,
+        *,
+        amount_cents: int,
+        currency: str,
+        idempotency_key: str,
+        payment_method: str = "",
+        return_url: str = "",
+        metadata: dict[str, str] | None = None,
+    ) -> Charge:
+        params = {
+            "amount": amount_cents,
+            "currency": currency.lower(),
+            "payment_method": payment_method,
+            "confirm": True,
+            "metadata": metadata or {},
+        }
+        if return_url:  # 3-D Secure (and other redirects) come back to the order page
+            params |= {"automatic_payment_methods": {"enabled": True}, "return_url": return_url}
+        else:
+            params["automatic_payment_methods"] = {"enabled": True, "allow_redirects": "never"}
+        with stripe_errors():
+            intent = self.client.v1.payment_intents.create(params=params, options={"idempotency_key": idempotency_key})
+        return self._charge(intent)
+
+    def retrieve(self, charge_id: str) -> Charge:
+        with stripe_errors():
+            return self._charge(self.client.v1.payment_intents.retrieve(charge_id))
+
+    def cancel(self, charge_id: str) -> Charge:
+        with stripe_errors():
+            intent = self.client.v1.payment_intents.cancel(charge_id, params={"cancellation_reason": "abandoned"})
+        return self._charge(intent)
+
+    @staticmethod
+    def _charge(intent: stripe.PaymentIntent) -> Charge:
+        data = intent.to_dict()  # StripeObject is not a dict: read optional fields from a plain one
+        status = data["status"]
+        outcome = STRIPE_OUTCOMES.get(status, Outcome.PROCESSING)  # a status new to us: ask again later
+        next_action = data.get("next_action") or {}
+        action_url = (next_action.get("redirect_to_url") or {}).get("url") or ""
+        reason = ""
+        if outcome == Outcome.FAILED:
+            reason = (data.get("last_payment_error") or {}).get("message") or {
+                "canceled": f"The payment was cancelled ({data.get('cancellation_reason') or 'no reason given'}).",
+                "requires_confirmation": "The payment was never confirmed.",
+            }.get(status, "The payment failed.")
+        return Charge(
+            id=data["id"],
+            amount_cents=data["amount"],
+            currency=data["currency"].upper(),
+            outcome=outcome,
+            provider_status=status,
+            action_url=action_url,
+            failure_reason=reason,
+        )
 
 
 def get_provider() -> PaymentProvider:
     if settings.STRIPE_SECRET_KEY:
-        return StripeProvider(settings.STRIPE_SECRET_KEY)
+        return StripeProvider(settings.STRIPE_SECRET_KEY, api_base=settings.STRIPE_API_BASE)
     return SandboxProvider()

@@ -4,10 +4,20 @@ from datetime import timedelta
 from celery import shared_task
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
+from django.urls import reverse
 from django.utils import timezone
 
 from .models import Order
-from .providers import CardDeclined, ProviderTimeout, ProviderUnavailable, get_provider
+from .providers import (
+    CardDeclined,
+    Charge,
+    Outcome,
+    PaymentRejected,
+    ProviderTimeout,
+    ProviderUnavailable,
+    get_provider,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -26,16 +36,21 @@ def process_payment(self, order_id: int) -> str:
        and a database connection for seconds while every other delivery (and the
        admin, and webhooks) waits behind it. What makes a repeat safe is the key:
        the provider returns the earlier charge instead of charging again.
-    3. Lock the row again and record the outcome.
+    3. Lock the row again and record where the payment stands: PAID only if the
+       provider says it succeeded; REQUIRES_ACTION (3-D Secure) or PROCESSING
+       until a webhook or reconciliation learns the end (``sync_payment``).
 
     The classic version (lock, charge, save in one transaction) charges twice
     when the worker dies after the provider charged and before the COMMIT: the
     retry finds the order unpaid and charges again. Here the retry sends the same
     key and gets the same charge back.
 
-    Timeouts and outages are retried with exponential backoff and jitter (the
-    policy of core/task_base.py); after the last retry a FailedTask row is written
-    and the order stays PROCESSING for an operator (or reconciliation) to settle.
+    Timeouts, rate limits and outages are retried with exponential backoff and
+    jitter (the policy of core/task_base.py); after the last retry a FailedTask
+    row is written and the order stays PROCESSING for reconciliation to re-send.
+    A decline fails the order with its reason. A request the provider refuses
+    (invalid, unauthorised: a bug or a configuration error) fails the order *and*
+    the task, once: one dead letter, and reconciliation leaves FAILED orders alone.
     A missing order is logged and the task ends without retrying.
     """
     with transaction.atomic():
@@ -58,44 +73,151 @@ def process_payment(self, order_id: int) -> str:
             currency=order.currency,
             idempotency_key=str(order.idempotency_key),
             payment_method=order.payment_method,
+            # Where the customer comes back after 3-D Secure. Part of the request,
+            # so it must not change between retries (the key's parameters must match).
+            return_url=settings.SITE_URL + reverse("payments:order", args=[order.pk]),
+            metadata={"order_id": str(order.pk)},  # webhooks find the order by it
         )
     except CardDeclined as declined:
-        with transaction.atomic():
-            order = Order.objects.select_for_update().get(pk=order_id)
-            if order.status == Order.Status.PROCESSING:
-                order.move_to(Order.Status.FAILED)
-                order.failure_reason = str(declined)[:255]
-                order.save(update_fields=["status", "failure_reason", "updated_at"])
+        fail_order(order_id, str(declined))
         logger.info("payment: order %s declined: %s", order_id, declined)
         return "declined"
+    except PaymentRejected:
+        fail_order(order_id, "The payment could not be processed. We have been notified.")
+        logger.error("payment: order %s refused by the provider; failed for good", order_id)
+        raise  # not in autoretry_for: the task fails now, and BaseTask writes one dead letter
 
+    return record_outcome(order_id, charge)
+    # --8<-- [end:process-payment]
+
+
+def fail_order(order_id: int, reason: str) -> None:
     with transaction.atomic():
         order = Order.objects.select_for_update().get(pk=order_id)
-        if order.status == Order.Status.PAID:  # a concurrent delivery recorded it first
+        if order.status in (Order.Status.PROCESSING, Order.Status.REQUIRES_ACTION):
+            order.move_to(Order.Status.FAILED)
+            order.failure_reason = reason[:255]
+            order.save(update_fields=["status", "failure_reason", "next_action_url", "updated_at"])
+
+
+# --8<-- [start:record-outcome]
+OUTCOME_STATUS = {
+    Outcome.SUCCEEDED: Order.Status.PAID,
+    Outcome.REQUIRES_ACTION: Order.Status.REQUIRES_ACTION,
+    Outcome.PROCESSING: Order.Status.PROCESSING,
+    Outcome.FAILED: Order.Status.FAILED,
+}
+
+
+def record_outcome(order_id: int, charge: Charge) -> str:
+    """Move the order to where the provider says its payment stands; a no-op if it already is.
+
+    Every answer goes through here: the charge itself, a webhook, a poll. Answers
+    arrive late, twice and out of order (a replayed webhook, a slow retry that
+    returns the provider's saved first answer), so a settled order never moves
+    back, and an answer that changes nothing writes nothing (which also keeps
+    ``updated_at``, the clock of the authentication timeout, running).
+    """
+    with transaction.atomic():
+        order = Order.objects.select_for_update().get(pk=order_id)
+        status = OUTCOME_STATUS[charge.outcome]
+        if order.status in (Order.Status.PAID, Order.Status.REFUNDED):
             return "already-paid"
-        order.move_to(Order.Status.PAID)
-        order.charge_id = charge.id
-        order.save(update_fields=["status", "charge_id", "paid_at", "updated_at"])
-    logger.info("payment: order %s paid with %s", order_id, charge.id)
-    return "paid"
-    # --8<-- [end:process-payment]
+        if order.status == Order.Status.FAILED:
+            if status == Order.Status.PAID:  # money taken after we gave up: a person must decide
+                logger.error("payment: order %s is FAILED but %s succeeded: refund or re-open", order_id, charge.id)
+            return "already-failed"
+        unchanged = (order.status, order.charge_id, order.provider_status) == (
+            status,
+            charge.id,
+            charge.provider_status,
+        )
+        if unchanged:
+            return f"unchanged-{status}"
+        order.move_to(status)
+        order.charge_id, order.provider_status = charge.id, charge.provider_status
+        if status == Order.Status.REQUIRES_ACTION:
+            order.next_action_url = charge.action_url
+        if status == Order.Status.FAILED:
+            order.failure_reason = charge.failure_reason[:255]
+        order.save()
+    logger.info("payment: order %s is %s (provider: %s %s)", order_id, status, charge.id, charge.provider_status)
+    return {Order.Status.REQUIRES_ACTION: "requires-action"}.get(status, str(status))
+    # --8<-- [end:record-outcome]
+
+
+# --8<-- [start:sync-payment]
+@shared_task(bind=True, autoretry_for=(ProviderTimeout, ProviderUnavailable))
+def sync_payment(self, order_id: int) -> str:
+    """Ask the provider where order ``order_id``'s payment stands, and record it.
+
+    Routed to "high". Sent by the Stripe webhook (the event only says "look
+    again": the answer comes from the API, so a forged, stale or replayed event
+    cannot mark anything paid) and by reconciliation, for payments the provider
+    holds undecided: waiting for 3-D Secure, or processing. A customer who has not
+    authenticated within ``PAYMENT_ACTION_TIMEOUT_MINUTES`` has given up: the
+    payment is cancelled and the order fails.
+    """
+    order = Order.objects.filter(pk=order_id).first()
+    if order is None:
+        logger.warning("payment sync: order %s does not exist", order_id)
+        return "missing"
+    if order.status not in (Order.Status.PROCESSING, Order.Status.REQUIRES_ACTION):
+        return f"skipped-{order.status}"
+    if not order.charge_id:
+        return "not-sent-yet"  # the provider has not answered process_payment yet: its job
+
+    provider = get_provider()
+    charge = provider.retrieve(order.charge_id)
+    given_up = timezone.now() - timedelta(minutes=settings.PAYMENT_ACTION_TIMEOUT_MINUTES)
+    if charge.outcome == Outcome.REQUIRES_ACTION and order.updated_at < given_up:
+        logger.info("payment sync: order %s not authenticated in time, cancelling %s", order_id, charge.id)
+        try:
+            charge = provider.cancel(order.charge_id)
+        except PaymentRejected:  # no longer cancellable: the customer finished meanwhile
+            charge = provider.retrieve(order.charge_id)
+    return record_outcome(order_id, charge)
+    # --8<-- [end:sync-payment]
 
 
 # --8<-- [start:reconcile]
 @shared_task
 def reconcile_stuck_payments(dry_run: bool = False) -> list[int]:
-    """Re-dispatch payments stuck in PROCESSING (beat, every 5 minutes).
+    """Settle payments that nobody is settling (beat, every 5 minutes); returns the orders acted on.
 
-    An order stays PROCESSING when its worker died and the message is waiting out
-    the visibility timeout, or when the last retry failed. Sending the payment
-    again is safe: the idempotency key makes the provider return the earlier
-    charge if there was one.
+    Every state an order can be stuck in, and what settles it:
+
+    * PROCESSING, no provider id: our task died, or its last retry failed. Send
+      it again: the idempotency key makes the provider return the earlier charge
+      if there was one. Only while the provider still remembers the key (Stripe:
+      24 hours); older orders are logged for an operator instead.
+    * PROCESSING with a provider id, REQUIRES_ACTION: the provider holds the
+      payment undecided and a webhook should have told us the end. Ask the
+      provider (``sync_payment``), which also cancels abandoned authentications.
+    * FAILED (a decline, or a request the provider refused), PAID, REFUNDED:
+      settled. Never sent again.
+    * PENDING: created, dispatch after commit lost (broker down at that moment).
+      Not here: the transactional outbox that sends PENDING orders owns them.
     """
-    cutoff = timezone.now() - timedelta(minutes=settings.PAYMENT_STUCK_AFTER_MINUTES)
-    stuck = Order.objects.filter(status=Order.Status.PROCESSING, updated_at__lt=cutoff)
-    stuck = list(stuck.values_list("pk", flat=True))
-    for pk in [] if dry_run else stuck:
-        logger.warning("payment reconciliation: order %s stuck in processing, re-dispatching", pk)
-        process_payment.delay(pk)
-    return stuck
+    now = timezone.now()
+    stuck = Order.objects.filter(updated_at__lt=now - timedelta(minutes=settings.PAYMENT_STUCK_AFTER_MINUTES))
+    unsent = stuck.filter(status=Order.Status.PROCESSING, charge_id="")
+    remembered = now - timedelta(hours=settings.PAYMENT_IDEMPOTENCY_WINDOW_HOURS)
+    resend = list(unsent.filter(created_at__gte=remembered).values_list("pk", flat=True))
+    forgotten = list(unsent.filter(created_at__lt=remembered).values_list("pk", flat=True))
+    held = Q(status=Order.Status.REQUIRES_ACTION) | Q(status=Order.Status.PROCESSING, charge_id__gt="")
+    undecided = stuck.filter(held)
+    poll = list(undecided.values_list("pk", flat=True))
+    # PENDING orders: see the docstring (the outbox's relay re-sends them).
+
+    for pk in forgotten:
+        logger.error("payment reconciliation: order %s is PROCESSING past the idempotency window: settle by hand", pk)
+    if not dry_run:
+        for pk in resend:
+            logger.warning("payment reconciliation: order %s stuck in processing, re-dispatching", pk)
+            process_payment.delay(pk)
+        for pk in poll:
+            logger.info("payment reconciliation: order %s undecided at the provider, asking it", pk)
+            sync_payment.delay(pk)
+    return sorted(resend + poll)
     # --8<-- [end:reconcile]

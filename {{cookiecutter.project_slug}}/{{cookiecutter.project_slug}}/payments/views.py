@@ -1,31 +1,96 @@
+import logging
+import uuid
+
+import stripe
 from django import forms
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.db import transaction
+from django.db import IntegrityError, transaction
+from django.http import Http404, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
 
 from .models import Order
-from .tasks import process_payment
+from .providers import SandboxProvider
+from .tasks import process_payment, sync_payment
+
+logger = logging.getLogger(__name__)
+
+# The sandbox provider's test cards (Stripe's test PaymentMethod ids, same behaviour).
+SANDBOX_CARDS = [
+    ("pm_card_visa", "Visa: succeeds"),
+    ("pm_card_threeDSecure2Required", "Visa: asks for 3-D Secure"),
+    ("pm_card_chargeDeclined", "Visa: declined"),
+    ("pm_card_chargeDeclinedInsufficientFunds", "Visa: declined, insufficient funds"),
+]
 
 
 class CheckoutForm(forms.Form):
     amount_cents = forms.IntegerField(min_value=50, max_value=1_000_000, initial=2500)
     currency = forms.ChoiceField(choices=[("EUR", "EUR"), ("USD", "USD"), ("GBP", "GBP")])
+    # With Stripe: the PaymentMethod id ("pm_...") that Stripe.js created in the
+    # browser (the card never touches this server). With the sandbox: a test card.
+    payment_method = forms.RegexField(regex=r"^pm_[A-Za-z0-9_]{1,61}$", max_length=64)
+    # One per rendered form (see checkout below).
+    submission_key = forms.UUIDField(widget=forms.HiddenInput)
+
+    def __init__(self, *args, stripe_checkout: bool, **kwargs):
+        super().__init__(*args, **kwargs)
+        if stripe_checkout:  # filled in by the Payment Element's script
+            self.fields["payment_method"].widget = forms.HiddenInput()
+        else:
+            self.fields["payment_method"].widget = forms.Select(choices=SANDBOX_CARDS)
 
 
 # --8<-- [start:checkout]
 @login_required
 def checkout(request):
-    form = CheckoutForm(request.POST or None)
+    """One order per submitted form, however often the form arrives.
+
+    Each render carries a fresh submission key (a hidden field). A double click,
+    a retried request or the back button and "resubmit" send the same key again;
+    the unique constraint on (user, submission_key) lets exactly one INSERT win,
+    also when the POSTs run at the same moment on different threads or servers,
+    and every other POST is sent to the order that the first one created.
+    """
+    stripe_checkout = bool(settings.STRIPE_SECRET_KEY)
+    initial = {"submission_key": uuid.uuid4()}  # server-side, per render
+    form = CheckoutForm(request.POST or None, initial=initial, stripe_checkout=stripe_checkout)
     if request.method == "POST" and form.is_valid():
-        with transaction.atomic():
-            order = Order.objects.create(user=request.user, **form.cleaned_data)
-            # NOT process_payment.delay(order.pk): a fast worker could read the
-            # database before this transaction commits and find no order.
-            # delay_on_commit sends the message only after COMMIT (and never if
-            # the transaction rolls back).
-            process_payment.delay_on_commit(order.pk)
+        order = place_order(request.user, form.cleaned_data)
         return redirect("payments:order", pk=order.pk)
-    return render(request, "payments/checkout.html", {"form": form})
+    if form.errors.get("submission_key"):  # a form from before this field existed: give it a key
+        form.data = form.data.copy()
+        form.data["submission_key"] = str(uuid.uuid4())
+    context = {"form": form, "stripe_publishable_key": settings.STRIPE_PUBLISHABLE_KEY if stripe_checkout else ""}
+    return render(request, "payments/checkout.html", context)
+
+
+def place_order(user, data) -> Order:
+    """Get or create the order of one submission; only the creator dispatches its payment."""
+    try:
+        # A savepoint of its own: the losing INSERT rolls back alone, and the
+        # lookup below runs in a healthy transaction (also under ATOMIC_REQUESTS).
+        with transaction.atomic():
+            order = Order.objects.create(user=user, **data)
+            dispatch_payment(order)
+    except IntegrityError:
+        # Another POST of this submission won the race (and committed: the
+        # unique index made this INSERT wait for it). Show its order.
+        return Order.objects.get(user=user, submission_key=data["submission_key"])
+    return order
+
+
+def dispatch_payment(order: Order) -> None:
+    """Send the order to the payment task. THE one place that does (inside the order's transaction)."""
+    # --- dispatch: begin ---
+    # NOT process_payment.delay(order.pk): a fast worker could read the
+    # database before this transaction commits and find no order.
+    # delay_on_commit sends the message only after COMMIT (and never if
+    # the transaction rolls back, as it does for a losing duplicate POST).
+    process_payment.delay_on_commit(order.pk)
+    # --- dispatch: end ---
     # --8<-- [end:checkout]
 
 
@@ -33,3 +98,66 @@ def checkout(request):
 def order_detail(request, pk):
     order = get_object_or_404(Order, pk=pk, user=request.user)
     return render(request, "payments/order.html", {"order": order})
+
+
+# --8<-- [start:webhook]
+@csrf_exempt  # Stripe cannot send a CSRF token; the signature below authenticates it
+@require_POST
+def stripe_webhook(request):
+    """Stripe's events about PaymentIntents: verify the signature, then look again.
+
+    ``Webhook.construct_event`` checks the ``Stripe-Signature`` header against the
+    endpoint's signing secret and refuses events older than five minutes (a
+    captured event replayed later). A verified event still only triggers
+    ``sync_payment``, which asks the API where the payment stands: events come
+    late, twice and out of order, and the same answer recorded twice is a no-op.
+    Answers 2xx quickly (Stripe retries anything else for days), 400 when the
+    signature is wrong.
+    """
+    if not settings.STRIPE_WEBHOOK_SECRET:
+        logger.error("stripe webhook: STRIPE_WEBHOOK_SECRET is not set, event refused")
+        return HttpResponseBadRequest("webhook not configured")
+    try:
+        event = stripe.Webhook.construct_event(
+            request.body, request.headers.get("Stripe-Signature", ""), settings.STRIPE_WEBHOOK_SECRET
+        )
+    except (ValueError, stripe.SignatureVerificationError) as error:
+        logger.warning("stripe webhook: refused an event: %s", error)
+        return HttpResponseBadRequest("invalid payload or signature")
+
+    if not event.type.startswith("payment_intent."):
+        return HttpResponse(status=204)  # not ours to handle; 2xx, or Stripe retries it
+    intent = event.data.object.to_dict()
+    order = Order.objects.filter(charge_id=intent["id"]).first() or order_named_by(intent)
+    if order is None:
+        logger.warning("stripe webhook: %s for %s matches no order", event.type, intent["id"])
+        return HttpResponse(status=204)
+    sync_payment.delay(order.pk)
+    return HttpResponse(status=204)
+    # --8<-- [end:webhook]
+
+
+def order_named_by(intent: dict) -> Order | None:
+    """The order in the metadata we sent, if it has no PaymentIntent yet; it gets this one.
+
+    The event beat process_payment's answer, or its worker died after Stripe answered.
+    """
+    order_id = str((intent.get("metadata") or {}).get("order_id", ""))
+    if not order_id.isdigit():
+        return None
+    if not Order.objects.filter(pk=int(order_id), charge_id="").update(charge_id=intent["id"]):
+        return None
+    return Order.objects.get(pk=int(order_id))
+
+
+@login_required
+def sandbox_authenticate(request, charge_id):
+    """The sandbox's stand-in for a bank's 3-D Secure page (development only)."""
+    if settings.STRIPE_SECRET_KEY:
+        raise Http404("the sandbox provider is not in use")
+    order = get_object_or_404(Order, charge_id=charge_id, user=request.user)
+    if request.method == "POST":
+        SandboxProvider().authenticate(charge_id, succeed=request.POST.get("result") == "succeed")
+        sync_payment.delay(order.pk)  # what Stripe's webhook would trigger
+        return redirect("payments:order", pk=order.pk)
+    return render(request, "payments/sandbox_authenticate.html", {"order": order})

@@ -1,5 +1,7 @@
 """The payment task's logic, run eagerly. tests/test_payments_integration.py runs it on real workers."""
 
+import uuid
+
 import pytest
 from django.contrib.auth import get_user_model
 from django.urls import reverse
@@ -9,6 +11,17 @@ from {{ cookiecutter.project_slug }}.core.models import FailedTask
 from ..models import InvalidTransition, Order, SandboxCharge
 from ..providers import ProviderTimeout
 from ..tasks import process_payment
+
+
+def checkout_form(**fields) -> dict:
+    """A filled-in checkout form, with a submission key of its own (as each rendered form has)."""
+    return {
+        "amount_cents": 2500,
+        "currency": "EUR",
+        "payment_method": "pm_card_visa",
+        "submission_key": str(uuid.uuid4()),
+        **fields,
+    }
 
 
 @pytest.fixture
@@ -100,7 +113,7 @@ def test_status_machine_refuses_impossible_moves(order):
 def test_checkout_sends_the_payment_only_after_commit(user, client, django_capture_on_commit_callbacks):
     client.force_login(user)
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        response = client.post(reverse("payments:checkout"), {"amount_cents": 2500, "currency": "EUR"})
+        response = client.post(reverse("payments:checkout"), checkout_form())
     order = Order.objects.get()
     assert response.url == reverse("payments:order", args=[order.pk])
     assert order.status == Order.Status.PENDING  # nothing ran inside the transaction
@@ -114,7 +127,7 @@ def test_checkout_sends_the_payment_only_after_commit(user, client, django_captu
 
 
 def test_checkout_needs_a_login(client, db):
-    response = client.post(reverse("payments:checkout"), {"amount_cents": 2500, "currency": "EUR"})
+    response = client.post(reverse("payments:checkout"), checkout_form())
     assert response.status_code == 302
     assert not Order.objects.exists()
 
@@ -130,3 +143,87 @@ def test_deploy_check_warns_when_production_would_charge_the_sandbox(settings):
     assert [warning.id for warning in check_payment_provider(None)] == ["payments.W001"]
     settings.STRIPE_SECRET_KEY = "sk_live_x"
     assert check_payment_provider(None) == []
+
+
+def test_deploy_check_warns_when_stripe_webhooks_cannot_be_verified(settings):
+    from ..checks import check_stripe_webhook
+
+    settings.STRIPE_SECRET_KEY, settings.STRIPE_WEBHOOK_SECRET = "sk_live_x", ""
+    assert [warning.id for warning in check_stripe_webhook(None)] == ["payments.W002"]
+    settings.STRIPE_WEBHOOK_SECRET = "whsec_x"
+    assert check_stripe_webhook(None) == []
+    settings.STRIPE_SECRET_KEY, settings.STRIPE_WEBHOOK_SECRET = "", ""  # the sandbox has no webhooks
+    assert check_stripe_webhook(None) == []
+
+
+# ------------------------------------------------------------------------------
+# The sandbox's test cards: decline, 3-D Secure, and a request refused for good.
+# ------------------------------------------------------------------------------
+def test_sandbox_test_card_declines_with_the_reason_shown(user, client):
+    order = Order.objects.create(user=user, amount_cents=4200, payment_method="pm_card_chargeDeclined")
+
+    assert process_payment(order.pk) == "declined"
+
+    order.refresh_from_db()
+    assert (order.status, order.failure_reason) == (Order.Status.FAILED, "Your card was declined.")
+    client.force_login(user)
+    assert "Your card was declined." in client.get(reverse("payments:order", args=[order.pk])).text
+    assert not SandboxCharge.objects.exists()
+
+
+def test_sandbox_3d_secure_waits_for_the_customer_then_pays_once(user, client):
+    order = Order.objects.create(user=user, amount_cents=4200, payment_method="pm_card_threeDSecure2Required")
+
+    assert process_payment(order.pk) == "requires-action"
+    assert process_payment(order.pk) == "skipped-requires_action"  # a redelivery charges nothing
+
+    order.refresh_from_db()
+    assert order.status == Order.Status.REQUIRES_ACTION
+    assert not SandboxCharge.objects.exists()  # not charged until authenticated
+    client.force_login(user)
+    page = client.get(reverse("payments:order", args=[order.pk])).text
+    assert "Action required" in page
+    assert order.next_action_url in page
+
+    response = client.post(order.next_action_url, {"result": "succeed"})  # the bank's page, sandboxed
+
+    assert response.url == reverse("payments:order", args=[order.pk])
+    order.refresh_from_db()
+    assert (order.status, order.next_action_url) == (Order.Status.PAID, "")
+    assert SandboxCharge.objects.get().charge_id == order.charge_id
+
+
+def test_sandbox_3d_secure_failed_fails_the_order(user, client):
+    order = Order.objects.create(user=user, amount_cents=4200, payment_method="pm_card_threeDSecure2Required")
+    process_payment(order.pk)
+    order.refresh_from_db()
+    client.force_login(user)
+
+    client.post(order.next_action_url, {"result": "fail"})
+
+    order.refresh_from_db()
+    assert order.status == Order.Status.FAILED
+    assert "authentication failed" in order.failure_reason
+    assert not SandboxCharge.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("payment_method", "plan", "message"),
+    [("pm_card_bogus", (), "No such PaymentMethod"), ("pm_card_visa", ("reject",), "400 invalid request")],
+    ids=["unknown-payment-method", "scripted"],
+)
+def test_a_refused_request_fails_the_order_for_good_with_one_dead_letter(
+    user, sandbox, eager_retries, payment_method, plan, message
+):
+    order = Order.objects.create(user=user, amount_cents=4200, payment_method=payment_method)
+    sandbox.plan(order.idempotency_key, *plan)
+
+    assert process_payment.apply((order.pk,), throw=False).failed()
+
+    order.refresh_from_db()
+    assert order.status == Order.Status.FAILED
+    assert order.payment_attempts == 1  # not retried
+    failed = FailedTask.objects.get()
+    assert failed.exception_type.endswith("PaymentRejected")
+    assert message in failed.exception_message
+    assert not SandboxCharge.objects.exists()

@@ -1,0 +1,72 @@
+"""Checkout idempotency: one order per submitted form. tests/test_checkout_integration.py races it for real."""
+
+import re
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.urls import reverse
+
+from ..models import Order, SandboxCharge
+from .test_process_payment import checkout_form
+
+
+@pytest.fixture
+def client_of(db, client):
+    client.force_login(get_user_model().objects.create_user("ada", "ada@example.com", "pw"))
+    return client
+
+
+def submission_key(page: str) -> str:
+    return re.search(r'name="submission_key" value="([0-9a-f-]{36})"', page).group(1)
+
+
+def test_each_rendered_form_carries_a_fresh_submission_key(client_of):
+    first = submission_key(client_of.get(reverse("payments:checkout")).text)
+    second = submission_key(client_of.get(reverse("payments:checkout")).text)
+    assert first != second
+
+
+# --8<-- [start:replay-unit]
+def test_a_replayed_submission_creates_one_order_and_one_charge(client_of, django_capture_on_commit_callbacks):
+    form = checkout_form()
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        responses = [client_of.post(reverse("payments:checkout"), form) for _ in range(3)]
+
+    order = Order.objects.get()
+    assert {response.url for response in responses} == {reverse("payments:order", args=[order.pk])}
+    assert len(callbacks) == 1  # only the POST that created the order dispatched a payment
+    order.refresh_from_db()
+    assert order.status == Order.Status.PAID
+    assert SandboxCharge.objects.count() == 1
+    # --8<-- [end:replay-unit]
+
+
+def test_two_forms_are_two_orders(client_of):
+    client_of.post(reverse("payments:checkout"), checkout_form())
+    client_of.post(reverse("payments:checkout"), checkout_form())
+    assert Order.objects.count() == 2
+
+
+def test_the_same_key_of_two_users_is_two_orders(client_of, client, db):
+    form = checkout_form()
+    client_of.post(reverse("payments:checkout"), form)
+    client.force_login(get_user_model().objects.create_user("bob", "bob@example.com", "pw"))
+    client.post(reverse("payments:checkout"), form)
+    assert Order.objects.count() == 2
+
+
+def test_a_form_without_a_key_creates_nothing_and_comes_back_with_one(client_of):
+    form = checkout_form()
+    del form["submission_key"]
+
+    response = client_of.post(reverse("payments:checkout"), form)
+
+    assert response.status_code == 200
+    assert not Order.objects.exists()
+    assert submission_key(response.text)  # resubmitting this form will work
+
+
+def test_a_bad_payment_method_is_a_form_error(client_of):
+    response = client_of.post(reverse("payments:checkout"), checkout_form(payment_method="4242 4242 4242 4242"))
+    assert response.status_code == 200
+    assert not Order.objects.exists()

@@ -1,0 +1,337 @@
+"""The payment task, the webhook and reconciliation with Stripe: StripeProvider, the real stripe
+client, and the fake Stripe of fake_stripe.py over HTTP (eager tasks; real workers in
+tests/test_payments_integration.py)."""
+
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.urls import reverse
+from django.utils import timezone
+
+from {{ cookiecutter.project_slug }}.core.models import FailedTask
+
+from ..models import Order
+from ..tasks import process_payment, reconcile_stuck_payments
+from .fake_stripe import sign
+
+
+@pytest.fixture
+def user(db):
+    return get_user_model().objects.create_user("ada", "ada@example.com", "pw")
+
+
+@pytest.fixture
+def order_with(user, stripe_payments):
+    def make(payment_method="pm_card_visa"):
+        return Order.objects.create(user=user, amount_cents=4200, payment_method=payment_method)
+
+    return make
+
+
+def refreshed(order):
+    order.refresh_from_db()
+    return order
+
+
+def post_event(client, body, signature):
+    return client.post(
+        reverse("payments:stripe-webhook"), body, content_type="application/json", HTTP_STRIPE_SIGNATURE=signature
+    )
+
+
+def age(order, **delta):
+    """Pretend the order has not changed for a while (reconciliation's clock)."""
+    Order.objects.filter(pk=order.pk).update(updated_at=timezone.now() - timedelta(**delta))
+
+
+def test_only_succeeded_pays(order_with, stripe_payments):
+    order = order_with("pm_card_visa")
+
+    assert process_payment(order.pk) == "paid"
+
+    order = refreshed(order)
+    assert (order.status, order.provider_status) == (Order.Status.PAID, "succeeded")
+    assert order.charge_id == next(iter(stripe_payments.intents))
+
+
+@pytest.mark.parametrize(
+    ("intent_status", "order_status"),
+    [
+        ("processing", Order.Status.PROCESSING),
+        ("requires_capture", Order.Status.PROCESSING),
+        ("requires_payment_method", Order.Status.FAILED),
+        ("requires_confirmation", Order.Status.FAILED),
+        ("canceled", Order.Status.FAILED),
+    ],
+)
+def test_intermediate_statuses_do_not_pay(order_with, stripe_payments, intent_status, order_status):
+    stripe_payments.outcomes["pm_card_special"] = intent_status
+    order = order_with("pm_card_special")
+
+    process_payment(order.pk)
+
+    order = refreshed(order)
+    assert (order.status, order.provider_status) == (order_status, intent_status)
+    assert order.paid_at is None
+    assert order.charge_id  # the PaymentIntent is known: reconciliation can ask about it
+
+
+# --8<-- [start:three-d-secure]
+def test_3d_secure_then_a_signed_webhook_pays_the_order(order_with, stripe_payments, client):
+    order = order_with("pm_card_threeDSecure2Required")
+
+    assert process_payment(order.pk) == "requires-action"
+
+    order = refreshed(order)
+    assert order.status == Order.Status.REQUIRES_ACTION
+    assert order.next_action_url.startswith(stripe_payments.url)  # where the customer authenticates
+    client.force_login(order.user)
+    assert order.next_action_url in client.get(reverse("payments:order", args=[order.pk])).text
+
+    stripe_payments.finish_action(order.charge_id)  # the customer passed 3-D Secure
+    response = post_event(client, *stripe_payments.event("payment_intent.succeeded", order.charge_id))
+
+    assert response.status_code == 204
+    order = refreshed(order)
+    assert (order.status, order.next_action_url) == (Order.Status.PAID, "")
+    assert stripe_payments.creates() == 1
+    # --8<-- [end:three-d-secure]
+
+
+def test_3d_secure_failed_fails_the_order_with_the_reason_shown(order_with, stripe_payments, client):
+    order = order_with("pm_card_threeDSecure2Required")
+    process_payment(order.pk)
+    order = refreshed(order)
+
+    stripe_payments.finish_action(order.charge_id, succeed=False)
+    post_event(client, *stripe_payments.event("payment_intent.payment_failed", order.charge_id))
+
+    order = refreshed(order)
+    assert order.status == Order.Status.FAILED
+    client.force_login(order.user)
+    assert "unable to authenticate" in client.get(reverse("payments:order", args=[order.pk])).text
+
+
+def test_a_decline_fails_the_order_with_the_reason_and_no_dead_letter(order_with):
+    order = order_with("pm_card_chargeDeclined")
+
+    assert process_payment(order.pk) == "declined"
+
+    order = refreshed(order)
+    assert (order.status, order.failure_reason) == (Order.Status.FAILED, "Your card was declined.")
+    assert not FailedTask.objects.exists()
+
+
+# --8<-- [start:webhook-signature]
+@pytest.mark.parametrize(
+    "forge",
+    [
+        lambda body, header: (body, sign(body, "whsec_someone_else", int(header[2:12]))),  # wrong secret
+        lambda body, header: (body.replace(b"4200", b"1"), header),  # altered payload
+        lambda body, header: (body, sign(body, "whsec_fake", int(header[2:12]) - 3600)),  # replayed an hour later
+        lambda body, header: (body, ""),  # unsigned
+    ],
+    ids=["wrong-secret", "altered", "too-old", "unsigned"],
+)
+def test_a_badly_signed_webhook_is_refused_and_changes_nothing(order_with, stripe_payments, client, forge):
+    order = order_with("pm_card_threeDSecure2Required")
+    process_payment(order.pk)
+    order = refreshed(order)
+    stripe_payments.finish_action(order.charge_id)
+
+    response = post_event(client, *forge(*stripe_payments.event("payment_intent.succeeded", order.charge_id)))
+
+    assert response.status_code == 400
+    assert refreshed(order).status == Order.Status.REQUIRES_ACTION
+    # --8<-- [end:webhook-signature]
+
+
+def test_a_replayed_webhook_changes_nothing(order_with, stripe_payments, client):
+    order = order_with("pm_card_threeDSecure2Required")
+    process_payment(order.pk)
+    order = refreshed(order)
+    stripe_payments.finish_action(order.charge_id)
+    event = stripe_payments.event("payment_intent.succeeded", order.charge_id)
+
+    assert post_event(client, *event).status_code == 204
+    paid = refreshed(order)
+    assert [post_event(client, *event).status_code for _ in range(3)] == [204] * 3
+
+    again = refreshed(order)
+    assert (again.status, again.paid_at, again.updated_at) == (Order.Status.PAID, paid.paid_at, paid.updated_at)
+    assert stripe_payments.creates() == 1
+
+
+def test_an_out_of_date_event_cannot_unpay_an_order(order_with, stripe_payments, client):
+    """The event is only a prompt: the API says what is true now."""
+    order = order_with("pm_card_threeDSecure2Required")
+    process_payment(order.pk)
+    order = refreshed(order)
+    stale = stripe_payments.event("payment_intent.requires_action", order.charge_id)
+    stripe_payments.finish_action(order.charge_id)
+    post_event(client, *stripe_payments.event("payment_intent.succeeded", order.charge_id))
+
+    post_event(client, *stale)
+
+    assert refreshed(order).status == Order.Status.PAID
+
+
+def test_webhook_without_a_configured_secret_refuses_events(order_with, stripe_payments, client, settings):
+    order = order_with("pm_card_threeDSecure2Required")
+    process_payment(order.pk)
+    settings.STRIPE_WEBHOOK_SECRET = ""
+    event = stripe_payments.event("payment_intent.succeeded", refreshed(order).charge_id)
+    assert post_event(client, *event).status_code == 400
+
+
+def test_an_event_that_arrives_before_our_answer_finds_the_order_by_its_metadata(order_with, stripe_payments, client):
+    order = order_with("pm_card_visa")
+    stripe_payments.script(("drop_after_create",))  # Stripe charged; our worker never heard
+    with pytest.raises(Exception, match="Connection"):
+        process_payment(order.pk)
+    (intent_id,) = stripe_payments.intents
+
+    post_event(client, *stripe_payments.event("payment_intent.succeeded", intent_id))
+
+    order = refreshed(order)
+    assert (order.status, order.charge_id) == (Order.Status.PAID, intent_id)
+
+
+# ------------------------------------------------------------------------------
+# Retries and dead letters.
+# ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "fault",
+    [("http", 429, "rate_limit_error", "Too many requests"), ("http", 502, "api_error", "Bad gateway"), ("drop",)],
+    ids=["rate-limited", "5xx", "connection-lost"],
+)
+def test_transient_errors_are_retried_and_charge_once(order_with, stripe_payments, eager_retries, fault):
+    order = order_with()
+    stripe_payments.script(fault, fault)
+
+    assert process_payment.apply((order.pk,), throw=False).get() == "paid"
+
+    order = refreshed(order)
+    assert (order.status, order.payment_attempts) == (Order.Status.PAID, 3)
+    assert stripe_payments.creates() == 1
+    assert not FailedTask.objects.exists()
+
+
+# --8<-- [start:permanent-errors]
+def reused_key_with_other_parameters(order, fake):
+    """Someone sent a different request with this order's key first (an IdempotencyError now)."""
+    from ..providers import get_provider
+
+    get_provider().charge(amount_cents=999, currency="EUR", idempotency_key=str(order.idempotency_key),
+                          payment_method="pm_card_visa")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("setup", "error"),
+    [
+        (lambda order, fake: Order.objects.filter(pk=order.pk).update(payment_method="pm_unknown"), "InvalidRequest"),
+        (lambda order, fake: fake.script(("http", 403, "invalid_request_error", "Not allowed")), "PermissionError"),
+        (reused_key_with_other_parameters, "IdempotencyError"),
+        ("revoked-key", "AuthenticationError"),
+    ],
+    ids=["invalid-request", "permission", "idempotency", "authentication"],
+)
+def test_permanent_errors_fail_the_order_for_good_with_one_dead_letter(
+    order_with, stripe_payments, settings, eager_retries, setup, error
+):
+    order = order_with()
+    if setup == "revoked-key":
+        settings.STRIPE_SECRET_KEY = "sk_test_revoked"
+    else:
+        setup(order, stripe_payments)
+    intents = stripe_payments.creates()
+
+    assert process_payment.apply((order.pk,), throw=False).failed()
+
+    order = refreshed(order)
+    assert order.status == Order.Status.FAILED
+    assert order.payment_attempts == 1  # no retry
+    (failed,) = FailedTask.objects.all()  # exactly one dead letter
+    assert error in failed.exception_message
+    age(order, hours=1)
+    assert reconcile_stuck_payments() == []  # never re-sent
+    assert (FailedTask.objects.count(), stripe_payments.creates()) == (1, intents)
+    # --8<-- [end:permanent-errors]
+
+
+def test_exhausted_retries_leave_a_dead_letter_and_reconciliation_sends_it_again(
+    order_with, stripe_payments, settings, eager_retries
+):
+    order = order_with()
+    attempts = settings.TASK_RETRY_POLICY["max_retries"] + 1
+    stripe_payments.script(*[("http", 503, "api_error", "Service unavailable")] * attempts)
+
+    assert process_payment.apply((order.pk,), throw=False).failed()
+    assert refreshed(order).status == Order.Status.PROCESSING  # unknown to us: not failed, not paid
+    assert FailedTask.objects.count() == 1
+
+    age(order, minutes=30)
+    assert reconcile_stuck_payments() == [order.pk]
+    assert refreshed(order).status == Order.Status.PAID
+    assert stripe_payments.creates() == 1
+
+
+# ------------------------------------------------------------------------------
+# Reconciliation: every state an order can be stuck in.
+# ------------------------------------------------------------------------------
+# --8<-- [start:reconcile-polls]
+def test_reconciliation_asks_stripe_when_the_webhook_never_came(order_with, stripe_payments):
+    order = order_with("pm_card_threeDSecure2Required")
+    process_payment(order.pk)
+    stripe_payments.finish_action(refreshed(order).charge_id)  # paid at Stripe; the webhook was lost
+
+    assert reconcile_stuck_payments() == []  # too recent: the webhook may still come
+    age(order, minutes=30)
+    assert reconcile_stuck_payments() == [order.pk]
+
+    assert refreshed(order).status == Order.Status.PAID
+    assert stripe_payments.creates() == 1
+    # --8<-- [end:reconcile-polls]
+
+
+def test_reconciliation_cancels_an_abandoned_authentication(order_with, stripe_payments, settings):
+    order = order_with("pm_card_threeDSecure2Required")
+    process_payment(order.pk)
+
+    age(order, minutes=30)
+    reconcile_stuck_payments()
+    assert refreshed(order).status == Order.Status.REQUIRES_ACTION  # still time to authenticate
+
+    age(order, minutes=settings.PAYMENT_ACTION_TIMEOUT_MINUTES + 1)
+    reconcile_stuck_payments()
+
+    order = refreshed(order)
+    assert (order.status, order.provider_status) == (Order.Status.FAILED, "canceled")
+    assert stripe_payments.intents[order.charge_id]["status"] == "canceled"
+
+
+def test_reconciliation_settles_a_processing_payment(order_with, stripe_payments):
+    stripe_payments.outcomes["pm_card_async"] = "processing"
+    order = order_with("pm_card_async")
+    process_payment(order.pk)
+    stripe_payments.set_status(refreshed(order).charge_id, "succeeded")
+
+    age(order, minutes=30)
+    assert reconcile_stuck_payments() == [order.pk]
+
+    assert refreshed(order).status == Order.Status.PAID
+    assert stripe_payments.creates() == 1
+
+
+def test_reconciliation_leaves_orders_past_the_idempotency_window_to_an_operator(user, settings, caplog):
+    order = Order.objects.create(user=user, amount_cents=100, status=Order.Status.PROCESSING)
+    Order.objects.filter(pk=order.pk).update(
+        created_at=timezone.now() - timedelta(hours=settings.PAYMENT_IDEMPOTENCY_WINDOW_HOURS + 1),
+        updated_at=timezone.now() - timedelta(hours=1),
+    )
+
+    assert reconcile_stuck_payments() == []
+
+    assert refreshed(order).status == Order.Status.PROCESSING
+    assert f"order {order.pk} is PROCESSING past the idempotency window" in caplog.text
