@@ -6,6 +6,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
+from .. import outbox
 from .models import ExportJob
 from .tasks import generate_csv_export
 
@@ -28,7 +29,7 @@ def export_list(request):
 def start_export(request):
     with transaction.atomic():
         job = ExportJob.objects.create(user=request.user)
-        generate_csv_export.delay_on_commit(job.pk)  # the worker always finds the job
+        outbox.send(generate_csv_export, job.pk)  # committed with the job, published after COMMIT
     return redirect("exports:detail", pk=job.pk)
     # --8<-- [end:start-export]
 

@@ -6,6 +6,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from .. import outbox
+from ..outbox.relay import unsent_args
 from .models import Order
 from .providers import CardDeclined, ProviderTimeout, ProviderUnavailable, get_provider
 
@@ -84,18 +86,26 @@ def process_payment(self, order_id: int) -> str:
 # --8<-- [start:reconcile]
 @shared_task
 def reconcile_stuck_payments(dry_run: bool = False) -> list[int]:
-    """Re-dispatch payments stuck in PROCESSING (beat, every 5 minutes).
+    """Re-dispatch payments stuck in PROCESSING or PENDING (beat, every 5 minutes).
 
     An order stays PROCESSING when its worker died and the message is waiting out
-    the visibility timeout, or when the last retry failed. Sending the payment
-    again is safe: the idempotency key makes the provider return the earlier
-    charge if there was one.
+    the visibility timeout, or when the last retry failed. An order stays PENDING
+    when its message never reached a worker. The outbox normally covers that (its
+    row waits for the broker, and the relay publishes it); orders whose message is
+    still waiting there are left to the relay, so nothing is sent twice by us.
+    What remains (a row deleted by hand, a message lost inside the broker) is sent
+    again here. Sending a payment twice is safe anyway: the state guard and the
+    idempotency key make the provider return the earlier charge if there was one.
     """
     cutoff = timezone.now() - timedelta(minutes=settings.PAYMENT_STUCK_AFTER_MINUTES)
-    stuck = Order.objects.filter(status=Order.Status.PROCESSING, updated_at__lt=cutoff)
-    stuck = list(stuck.values_list("pk", flat=True))
+    candidates = Order.objects.filter(
+        status__in=[Order.Status.PENDING, Order.Status.PROCESSING], updated_at__lt=cutoff
+    ).order_by("pk")
+    waiting_in_outbox = unsent_args(process_payment)
+    stuck = [pk for pk in candidates.values_list("pk", flat=True) if pk not in waiting_in_outbox]
     for pk in [] if dry_run else stuck:
-        logger.warning("payment reconciliation: order %s stuck in processing, re-dispatching", pk)
-        process_payment.delay(pk)
+        logger.warning("payment reconciliation: order %s stuck, re-dispatching", pk)
+        with transaction.atomic():  # through the outbox: a broker outage loses nothing here either
+            outbox.send(process_payment, pk)
     return stuck
     # --8<-- [end:reconcile]

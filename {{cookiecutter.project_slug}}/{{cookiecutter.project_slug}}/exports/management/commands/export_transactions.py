@@ -4,6 +4,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
+from .... import outbox
 from ...models import ExportJob
 from ...tasks import generate_csv_export
 
@@ -22,8 +23,8 @@ class Command(BaseCommand):
             raise CommandError(f"no user named {user!r}")
         with transaction.atomic():
             job = ExportJob.objects.create(user=owner)
-            # Sent only after COMMIT: the worker can always read the job row.
-            generate_csv_export.delay_on_commit(job.pk)
+            # Committed with the job, published after COMMIT (or by the outbox relay).
+            outbox.send(generate_csv_export, job.pk)
         self.stdout.write(str(job.pk))
         if not wait:
             return
