@@ -14,6 +14,7 @@ import importlib
 import json
 import os
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.files.storage import default_storage
 from django.db import connection
+from django.test import Client
+from django.urls import reverse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.test")
@@ -34,6 +37,7 @@ ExportJob = apps.get_model("exports", "ExportJob")
 Transaction = apps.get_model("exports", "Transaction")
 PasswordResetRequest = apps.get_model("users", "PasswordResetRequest")
 FailedTask = apps.get_model("core", "FailedTask")
+OutboxMessage = apps.get_model("outbox", "OutboxMessage")
 
 
 def module(label: str, name: str):
@@ -79,6 +83,41 @@ def export(args) -> dict:
     job = ExportJob.objects.create(user=demo_user())
     result = module("exports", "tasks").generate_csv_export.delay(job.pk)
     return {"job": job.pk, "task": result.id}
+
+
+def submit(args) -> dict:
+    """Checkouts, "forgot my password" requests and export requests through the real views.
+
+    What a browser does, through the whole request stack (middleware, views, the
+    outbox), in this process. Returns what was created and each response's status
+    and time in seconds.
+    """
+    client = Client()
+    client.force_login(demo_user())
+    answers, resets = [], []
+
+    def post(kind, path, data=None):
+        started = time.monotonic()
+        response = client.post(path, data or {})
+        answers.append({"kind": kind, "status": response.status_code, "seconds": time.monotonic() - started})
+
+    known_orders = set(Order.objects.values_list("pk", flat=True))
+    known_jobs = set(ExportJob.objects.values_list("pk", flat=True))
+    for _ in range(args.checkouts):
+        post("checkout", reverse("payments:checkout"), {"amount_cents": 2500, "currency": "EUR"})
+    for _ in range(args.resets):
+        name = f"drill-{uuid.uuid4().hex[:12]}"
+        user = get_user_model().objects.create_user(name, f"{name}@example.com", "pw")
+        post("password reset", reverse("password_reset"), {"email": user.email})
+        resets.append({"user": user.pk, "request": PasswordResetRequest.objects.get(user=user).pk})
+    for _ in range(args.exports):
+        post("export", reverse("exports:start"))
+    return {
+        "answers": answers,
+        "orders": sorted(set(Order.objects.values_list("pk", flat=True)) - known_orders),
+        "resets": resets,
+        "jobs": sorted(set(ExportJob.objects.values_list("pk", flat=True)) - known_jobs),
+    }
 
 
 def watchdog(args) -> dict:
@@ -139,6 +178,10 @@ def state(args) -> dict:
             request.pk: {"user": request.user_id, "sent": request.sent_at is not None}
             for request in PasswordResetRequest.objects.all()
         },
+        "outbox": {
+            "unsent": OutboxMessage.objects.filter(sent_at__isnull=True).count(),
+            "task_ids": [str(task_id) for task_id in OutboxMessage.objects.values_list("task_id", flat=True)],
+        },
         "failed_tasks": [
             {"task": failed.task_name, "args": failed.args, "exception": failed.exception_type}
             for failed in FailedTask.objects.all()
@@ -160,6 +203,11 @@ def main() -> None:
     command.add_argument("count", type=int)
     command.set_defaults(run=resets)
     commands.add_parser("export", help="create and dispatch an export of demo's transactions").set_defaults(run=export)
+    command = commands.add_parser("submit", help="checkouts, resets and exports through the real views")
+    command.add_argument("--checkouts", type=int, default=0)
+    command.add_argument("--resets", type=int, default=0)
+    command.add_argument("--exports", type=int, default=0)
+    command.set_defaults(run=submit)
     commands.add_parser("watchdog", help="run the export watchdog, as beat does").set_defaults(run=watchdog)
     commands.add_parser("reference", help="write the reference CSV (one plain COPY)").set_defaults(run=reference)
     commands.add_parser("state", help="report orders, charges, exports, resets, dead letters").set_defaults(run=state)
