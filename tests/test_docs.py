@@ -44,6 +44,7 @@ PATTERN_PAGES = [
     "topology.md",
     "routing.md",
     "dispatch-after-commit.md",
+    "outbox.md",
     "idempotent-payments.md",
     "csv-export.md",
     "retries-and-dead-letters.md",

@@ -285,7 +285,12 @@ class Pools:
                     pytest.fail(f"{name} exited:\n{self.log(name)[-5000:]}")
             answered = set()
             if workers:
-                replies = self.control.ping(destination=sorted(workers), timeout=1.0) or []
+                try:
+                    replies = self.control.ping(destination=sorted(workers), timeout=1.0) or []
+                except (redis.RedisError, OSError):
+                    # Our connection did not survive a drill that restarted Redis;
+                    # the next ping reconnects.
+                    replies = []
                 answered = {host for reply in replies for host in reply}
             beat_ready = "beat" not in names or (beat_file.exists() and beat_file.stat().st_mtime >= started - 1)
             return workers <= answered and beat_ready
