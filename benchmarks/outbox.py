@@ -23,7 +23,7 @@ from {slug} import outbox
 from {slug}.payments.models import Order
 from {slug}.payments.tasks import process_payment
 
-user = get_user_model().objects.create_user("bench")
+user, _ = get_user_model().objects.get_or_create(username="bench")
 
 def plain():
     with transaction.atomic():

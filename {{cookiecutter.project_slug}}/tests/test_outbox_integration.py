@@ -96,7 +96,8 @@ def stack(django_db_setup, django_db_blocker, transactional_db, tmp_path):
     }
     logs = {name: tmp_path / f"{name}.log" for name in PROCESSES}
     processes = {name: start_process(name, env, logs[name]) for name in PROCESSES}
-    control = Celery("outage", broker=broker.url).control
+    # Not the current app: the project's shared tasks must stay bound to config.celery_app.
+    control = Celery("outage", broker=broker.url, set_as_current=False).control
     try:
         hosts = {f"{name.removeprefix('worker-')}@{socket.gethostname()}" for name in PROCESSES[:2]}
 
