@@ -16,6 +16,7 @@ import pytest
 from celery import signals
 from django.contrib.auth import get_user_model
 from django.core import mail
+from django.core.management import call_command
 from django.db import connection, transaction
 from django.db.transaction import TransactionManagementError
 
@@ -119,6 +120,17 @@ def test_relay_publishes_unsent_rows_and_marks_them_sent(user, task_ids, django_
     assert task_ids == [str(message.task_id)]
     assert len(mail.outbox) == 1
     assert relay.relay_pending() == (0, False)  # nothing left: nothing published twice
+
+
+def test_relay_command_once_publishes_the_backlog(user, capsys, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=False), transaction.atomic():
+        outbox.send(send_password_reset_email, user.pk)
+
+    call_command("outbox_relay", once=True)
+
+    assert capsys.readouterr().out.strip() == "published 1"
+    assert not OutboxMessage.objects.filter(sent_at__isnull=True).exists()
+    assert len(mail.outbox) == 1
 
 
 def test_a_republished_row_carries_the_same_task_id_and_charges_once(transactional_db, user, task_ids):

@@ -47,18 +47,17 @@ class Command(BaseCommand):
             close_old_connections()
             try:
                 published, broker_down = relay_pending()
+                if published:
+                    logger.info("outbox relay: published %s messages", published)
+                # Log an outage once when it starts and once when it ends, not every pass.
+                if broker_down and not was_down:
+                    waiting = OutboxMessage.objects.filter(sent_at__isnull=True).count()
+                    logger.warning("outbox relay: the broker is down, %s messages wait for it", waiting)
+                elif was_down and not broker_down:
+                    logger.info("outbox relay: the broker is back, backlog published")
+                was_down = broker_down
             except DatabaseError:
+                # The rows are safe in the database; nothing to do until it answers.
                 logger.exception("outbox relay: database unavailable, trying again")
-                stopping.wait(interval)
-                continue
-            if published:
-                logger.info("outbox relay: published %s messages", published)
-            # Log an outage once when it starts and once when it ends, not every pass.
-            if broker_down and not was_down:
-                waiting = OutboxMessage.objects.filter(sent_at__isnull=True).count()
-                logger.warning("outbox relay: the broker is down, %s messages wait for it", waiting)
-            elif was_down and not broker_down:
-                logger.info("outbox relay: the broker is back, backlog published")
-            was_down = broker_down
             stopping.wait(interval)
         logger.info("outbox relay stopped")
