@@ -44,6 +44,7 @@ PATTERN_PAGES = [
     "topology.md",
     "routing.md",
     "dispatch-after-commit.md",
+    "outbox.md",
     "idempotent-payments.md",
     "payment-states.md",
     "csv-export.md",

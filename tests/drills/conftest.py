@@ -4,7 +4,7 @@ Once per session: bake the template (default options), create a Postgres
 database for it, migrate, seed the ``demo`` user, start a throwaway
 ``redis-server`` (broker and result backend, append-only file fsynced on every
 write, so a crash loses nothing that was acknowledged), and start the Procfile's
-``worker-high``, ``worker-default``, ``worker-export`` and ``beat`` as
+``worker-high``, ``worker-default``, ``worker-export``, ``beat`` and ``outbox-relay`` as
 subprocesses, each in its own process group, exactly as honcho would.
 
 Drills break things (kill a pool, crash Redis, cut every database connection),
@@ -41,6 +41,8 @@ DRIVER = Path(__file__).with_name("driver.py")
 # about 10 s, long enough to break it part-way through.
 TRANSACTIONS = 25_000
 WORKER_POOLS = ("worker-high", "worker-default", "worker-export")
+# Every long-running process of the Procfile the drills run (web and flower are not needed).
+PROCESSES = (*WORKER_POOLS, "beat", "outbox-relay")
 # Small pools for a 2-core machine; two processes on worker-high so that a
 # payment can be in flight while another message waits.
 CONCURRENCY = {"WORKER_HIGH_CONCURRENCY": "2", "WORKER_DEFAULT_CONCURRENCY": "1", "WORKER_EXPORT_CONCURRENCY": "1"}
@@ -283,7 +285,12 @@ class Pools:
                     pytest.fail(f"{name} exited:\n{self.log(name)[-5000:]}")
             answered = set()
             if workers:
-                replies = self.control.ping(destination=sorted(workers), timeout=1.0) or []
+                try:
+                    replies = self.control.ping(destination=sorted(workers), timeout=1.0) or []
+                except (redis.RedisError, OSError):
+                    # Our connection did not survive a drill that restarted Redis;
+                    # the next ping reconnects.
+                    replies = []
                 answered = {host for reply in replies for host in reply}
             beat_ready = "beat" not in names or (beat_file.exists() and beat_file.stat().st_mtime >= started - 1)
             return workers <= answered and beat_ready
@@ -312,7 +319,7 @@ class Pools:
 
     def heal(self) -> None:
         """Restart whatever a previous drill left dead."""
-        dead = [name for name in (*WORKER_POOLS, "beat") if not self.running(name)]
+        dead = [name for name in PROCESSES if not self.running(name)]
         for name in dead:
             self.start(name)
         if dead:

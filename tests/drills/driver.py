@@ -15,6 +15,7 @@ import json
 import os
 import pickle
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -38,6 +39,7 @@ Transaction = apps.get_model("exports", "Transaction")
 PasswordResetRequest = apps.get_model("users", "PasswordResetRequest")
 FailedTask = apps.get_model("core", "FailedTask")
 PoisonMessage = apps.get_model("core", "PoisonMessage")
+OutboxMessage = apps.get_model("outbox", "OutboxMessage")
 
 
 def module(label: str, name: str):
@@ -152,6 +154,41 @@ def cancel(args) -> dict:
     return {"cancelled": statuses}
 
 
+def submit(args) -> dict:
+    """Checkouts, "forgot my password" requests and export requests through the real views.
+
+    What a browser does, through the whole request stack (middleware, views, the
+    outbox), in this process. Returns what was created and each response's status
+    and time in seconds.
+    """
+    client = Client()
+    client.force_login(demo_user())
+    answers, resets = [], []
+
+    def post(kind, path, data=None):
+        started = time.monotonic()
+        response = client.post(path, data or {})
+        answers.append({"kind": kind, "status": response.status_code, "seconds": time.monotonic() - started})
+
+    known_orders = set(Order.objects.values_list("pk", flat=True))
+    known_jobs = set(ExportJob.objects.values_list("pk", flat=True))
+    for _ in range(args.checkouts):
+        post("checkout", reverse("payments:checkout"), {"amount_cents": 2500, "currency": "EUR"})
+    for _ in range(args.resets):
+        name = f"drill-{uuid.uuid4().hex[:12]}"
+        user = get_user_model().objects.create_user(name, f"{name}@example.com", "pw")
+        post("password reset", reverse("password_reset"), {"email": user.email})
+        resets.append({"user": user.pk, "request": PasswordResetRequest.objects.get(user=user).pk})
+    for _ in range(args.exports):
+        post("export", reverse("exports:start"))
+    return {
+        "answers": answers,
+        "orders": sorted(set(Order.objects.values_list("pk", flat=True)) - known_orders),
+        "resets": resets,
+        "jobs": sorted(set(ExportJob.objects.values_list("pk", flat=True)) - known_jobs),
+    }
+
+
 def watchdog(args) -> dict:
     """Run the export watchdog through the broker, as beat does every minute."""
     stale = module("exports", "tasks").export_watchdog.delay().get(timeout=60)
@@ -221,6 +258,10 @@ def state(args) -> dict:
             {"id": row.task_id, "reason": row.reason, "queue": row.queue, "deliveries": row.deliveries}
             for row in PoisonMessage.objects.all()
         ],
+        "outbox": {
+            "unsent": OutboxMessage.objects.filter(sent_at__isnull=True).count(),
+            "task_ids": [str(task_id) for task_id in OutboxMessage.objects.values_list("task_id", flat=True)],
+        },
         "failed_tasks": [
             {"task": failed.task_name, "args": failed.args, "exception": failed.exception_type}
             for failed in FailedTask.objects.all()
@@ -254,6 +295,11 @@ def main() -> None:
     command = commands.add_parser("cancel", help="cancel exports from their page, as their owner")
     command.add_argument("job_ids", type=int, nargs="+")
     command.set_defaults(run=cancel)
+    command = commands.add_parser("submit", help="checkouts, resets and exports through the real views")
+    command.add_argument("--checkouts", type=int, default=0)
+    command.add_argument("--resets", type=int, default=0)
+    command.add_argument("--exports", type=int, default=0)
+    command.set_defaults(run=submit)
     commands.add_parser("watchdog", help="run the export watchdog, as beat does").set_defaults(run=watchdog)
     commands.add_parser("reference", help="write the reference CSV (one plain COPY)").set_defaults(run=reference)
     commands.add_parser("state", help="report orders, charges, exports, resets, dead letters").set_defaults(run=state)

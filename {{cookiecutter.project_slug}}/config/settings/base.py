@@ -58,6 +58,7 @@ LOCAL_APPS = [
     "{{ cookiecutter.project_slug }}.users",
     "{{ cookiecutter.project_slug }}.payments",
     "{{ cookiecutter.project_slug }}.exports",
+    "{{ cookiecutter.project_slug }}.outbox",
 ]
 INSTALLED_APPS = DJANGO_APPS + THIRD_PARTY_APPS + LOCAL_APPS
 
@@ -139,8 +140,9 @@ STRIPE_API_BASE = env("STRIPE_API_BASE", default="")
 PAYMENTS_ALLOW_SANDBOX = env.bool("PAYMENTS_ALLOW_SANDBOX", default=False)
 # Seconds we wait for the provider: well inside worker-high's 25 s soft limit.
 PAYMENT_PROVIDER_TIMEOUT = 10
-# Orders PROCESSING (or waiting for authentication) for longer than this are
-# re-dispatched or polled by reconciliation (docs/payment-states.md).
+# Orders PROCESSING (or waiting for authentication, or PENDING with no message
+# waiting in the outbox) for longer than this are re-dispatched or polled by
+# reconciliation (docs/payment-states.md, docs/outbox.md).
 PAYMENT_STUCK_AFTER_MINUTES = 10
 # A customer who has not authenticated (3-D Secure) after this long has given up:
 # reconciliation cancels the payment and fails the order.
@@ -166,6 +168,21 @@ EXPORT_THROTTLE_SECONDS = env.float("EXPORT_THROTTLE_SECONDS", default=0.0)
 EXPORT_MAX_RUNNING_PER_USER = env.int("EXPORT_MAX_RUNNING_PER_USER", default=2)
 # Finished exports (and their files) are deleted after this many days.
 EXPORT_RETENTION_DAYS = env.int("EXPORT_RETENTION_DAYS", default=7)
+
+# ------------------------------------------------------------------------------
+# OUTBOX
+# ------------------------------------------------------------------------------
+# outbox.send() commits a task with the rows it is about; see docs/outbox.md.
+# Right after COMMIT the request publishes it itself, waiting at most this many
+# seconds for the broker (connect, and each socket operation; no retry). If that
+# fails the outbox-relay process publishes it once the broker is back.
+OUTBOX_PUBLISH_TIMEOUT = env.float("OUTBOX_PUBLISH_TIMEOUT", default=0.5)
+# After a failed immediate attempt, requests of this process leave their messages
+# to the relay for this many seconds instead of each waiting on a dead broker.
+OUTBOX_BROKER_DOWN_BACKOFF = env.float("OUTBOX_BROKER_DOWN_BACKOFF", default=5.0)
+# The relay's pass: every this many seconds, this many rows per transaction.
+OUTBOX_RELAY_INTERVAL = env.float("OUTBOX_RELAY_INTERVAL", default=1.0)
+OUTBOX_RELAY_BATCH_SIZE = env.int("OUTBOX_RELAY_BATCH_SIZE", default=100)
 
 # ------------------------------------------------------------------------------
 # MONITORING

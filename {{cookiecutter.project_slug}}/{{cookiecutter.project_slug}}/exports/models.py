@@ -99,6 +99,7 @@ class ExportJob(models.Model):
         turns, while other users' requests do not wait. (SQLite has no row locks,
         but it runs one write transaction at a time.)
         """
+        from .. import outbox
         from .tasks import generate_csv_export
 
         with transaction.atomic():
@@ -114,7 +115,9 @@ class ExportJob(models.Model):
                     "wait for one to finish or cancel one"
                 )
             job = cls.objects.create(user=user, date_from=date_from, date_to=date_to)
-            generate_csv_export.delay_on_commit(job.pk)  # the worker always finds the job
+            # Committed with the job (transactional outbox): published after COMMIT,
+            # or by the outbox relay once the broker is back. The worker always finds the job.
+            outbox.send(generate_csv_export, job.pk)
         return job, True
         # --8<-- [end:request]
 

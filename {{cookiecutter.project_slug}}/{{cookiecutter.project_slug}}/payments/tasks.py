@@ -8,6 +8,8 @@ from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
+from .. import outbox
+from ..outbox.relay import unsent_args
 from .models import Order
 from .providers import (
     CardDeclined,
@@ -196,8 +198,15 @@ def reconcile_stuck_payments(dry_run: bool = False) -> list[int]:
       provider (``sync_payment``), which also cancels abandoned authentications.
     * FAILED (a decline, or a request the provider refused), PAID, REFUNDED:
       settled. Never sent again.
-    * PENDING: created, dispatch after commit lost (broker down at that moment).
-      Not here: the transactional outbox that sends PENDING orders owns them.
+    * PENDING: created, but its message never reached a worker. The outbox
+      normally covers that (its row waits for the broker and the relay publishes
+      it), so orders whose message still waits there are left to the relay. What
+      remains (an outbox row deleted by hand, a message lost inside the broker) is
+      sent again here.
+
+    Everything is sent through the outbox too: a broker outage loses nothing here
+    either. Sending a payment twice is safe: the state guard and the idempotency
+    key make the provider return the earlier charge if there was one.
     """
     now = timezone.now()
     stuck = Order.objects.filter(updated_at__lt=now - timedelta(minutes=settings.PAYMENT_STUCK_AFTER_MINUTES))
@@ -208,16 +217,24 @@ def reconcile_stuck_payments(dry_run: bool = False) -> list[int]:
     held = Q(status=Order.Status.REQUIRES_ACTION) | Q(status=Order.Status.PROCESSING, charge_id__gt="")
     undecided = stuck.filter(held)
     poll = list(undecided.values_list("pk", flat=True))
-    # PENDING orders: see the docstring (the outbox's relay re-sends them).
+    waiting_in_outbox = unsent_args(process_payment)
+    pending = [
+        pk
+        for pk in stuck.filter(status=Order.Status.PENDING).order_by("pk").values_list("pk", flat=True)
+        if pk not in waiting_in_outbox
+    ]
+    resend = [pk for pk in resend if pk not in waiting_in_outbox]
 
     for pk in forgotten:
         logger.error("payment reconciliation: order %s is PROCESSING past the idempotency window: settle by hand", pk)
     if not dry_run:
-        for pk in resend:
-            logger.warning("payment reconciliation: order %s stuck in processing, re-dispatching", pk)
-            process_payment.delay(pk)
+        for pk in pending + resend:
+            logger.warning("payment reconciliation: order %s stuck, re-dispatching", pk)
+            with transaction.atomic():
+                outbox.send(process_payment, pk)
         for pk in poll:
             logger.info("payment reconciliation: order %s undecided at the provider, asking it", pk)
-            sync_payment.delay(pk)
-    return sorted(resend + poll)
+            with transaction.atomic():
+                outbox.send(sync_payment, pk)
+    return sorted(pending + resend + poll)
     # --8<-- [end:reconcile]

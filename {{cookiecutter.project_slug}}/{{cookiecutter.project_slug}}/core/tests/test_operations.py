@@ -10,8 +10,9 @@ from django.utils import timezone
 
 from {{ cookiecutter.project_slug }}.exports.models import ExportJob
 from {{ cookiecutter.project_slug }}.exports.tasks import cleanup_expired_exports
+from {{ cookiecutter.project_slug }}.outbox.models import OutboxMessage
 from {{ cookiecutter.project_slug }}.payments.models import Order
-from {{ cookiecutter.project_slug }}.payments.tasks import reconcile_stuck_payments
+from {{ cookiecutter.project_slug }}.payments.tasks import process_payment, reconcile_stuck_payments
 
 from .. import metrics
 
@@ -53,17 +54,37 @@ def test_cleanup_deletes_only_expired_exports(user, settings, tmp_path):
     assert list(ExportJob.objects.values_list("pk", flat=True)) == [new.pk]
 
 
-def test_reconciliation_redispatches_payments_stuck_in_processing(user):
+def test_reconciliation_redispatches_payments_stuck_in_processing(user, django_capture_on_commit_callbacks):
     stuck = Order.objects.create(user=user, amount_cents=100, status=Order.Status.PROCESSING)
     Order.objects.filter(pk=stuck.pk).update(updated_at=timezone.now() - timedelta(hours=1))
     fresh = Order.objects.create(user=user, amount_cents=100, status=Order.Status.PROCESSING)
 
-    assert reconcile_stuck_payments() == [stuck.pk]  # and pays it (eager here)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert reconcile_stuck_payments() == [stuck.pk]  # and pays it (eager here)
 
     stuck.refresh_from_db()
     fresh.refresh_from_db()
     assert stuck.status == Order.Status.PAID
     assert fresh.status == Order.Status.PROCESSING
+
+
+def test_reconciliation_pays_pending_orders_whose_message_is_not_in_the_outbox(
+    user, django_capture_on_commit_callbacks
+):
+    an_hour_ago = timezone.now() - timedelta(hours=1)
+    lost, waiting, fresh = (Order.objects.create(user=user, amount_cents=100) for _ in range(3))
+    Order.objects.filter(pk__in=[lost.pk, waiting.pk]).update(updated_at=an_hour_ago)
+    # The message of "waiting" is still in the outbox (the broker was down): the
+    # relay will publish it, reconciliation must not send a second one.
+    OutboxMessage.objects.create(task_name=process_payment.name, args=[waiting.pk], queue="high")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert reconcile_stuck_payments() == [lost.pk]
+
+    statuses = [Order.objects.get(pk=order.pk).status for order in (lost, waiting, fresh)]
+    assert statuses == ["paid", "pending", "pending"]
+    assert OutboxMessage.objects.filter(task_name=process_payment.name, args=[lost.pk], sent_at__isnull=False).exists()
+    assert OutboxMessage.objects.filter(args=[waiting.pk]).count() == 1
 
 
 def basic(credentials: str) -> str:
