@@ -173,7 +173,12 @@ def submit(args) -> dict:
     known_orders = set(Order.objects.values_list("pk", flat=True))
     known_jobs = set(ExportJob.objects.values_list("pk", flat=True))
     for _ in range(args.checkouts):
-        post("checkout", reverse("payments:checkout"), {"amount_cents": 2500, "currency": "EUR"})
+        post(
+            "checkout",
+            reverse("payments:checkout"),
+            # One submission per checkout: a fresh key, as a freshly rendered form carries.
+            {"amount_cents": 2500, "currency": "EUR", "payment_method": "pm_card_visa", "submission_key": uuid.uuid4()},
+        )
     for _ in range(args.resets):
         name = f"drill-{uuid.uuid4().hex[:12]}"
         user = get_user_model().objects.create_user(name, f"{name}@example.com", "pw")

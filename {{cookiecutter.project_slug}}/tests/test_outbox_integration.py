@@ -15,9 +15,11 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 from celery import Celery
@@ -134,6 +136,14 @@ def request(port: int, method: str, path: str, data: str = "", cookies: dict | N
     return response.status, response.getheader("Location"), time.monotonic() - started
 
 
+def checkout_form(amount_cents: int) -> str:
+    """A submitted checkout form: one submission (a fresh key, as each rendered form carries)."""
+    return urlencode(
+        {"amount_cents": amount_cents, "currency": "EUR", "payment_method": "pm_card_visa",
+         "submission_key": uuid.uuid4()}
+    )  # fmt: skip
+
+
 def log_count(text: str, pattern: str) -> int:
     return len(re.findall(pattern, text))
 
@@ -152,12 +162,12 @@ def test_broker_down_requests_answer_at_once_and_run_once_it_is_back(stack):
     port = stack["port"]
 
     # Broker up: the request publishes right after its COMMIT (a connection is now pooled).
-    assert request(port, "POST", "/payments/checkout/", "amount_cents=1000&currency=EUR", cookies)[0] == 302
+    assert request(port, "POST", "/payments/checkout/", checkout_form(1000), cookies)[0] == 302
     wait_for(lambda: Order.objects.filter(status=Order.Status.PAID).count() == 1, 60, "the first order to be paid")
 
     stack["broker"].stop()
     answers = {
-        "checkout": request(port, "POST", "/payments/checkout/", "amount_cents=2500&currency=EUR", cookies),
+        "checkout": request(port, "POST", "/payments/checkout/", checkout_form(2500), cookies),
         "password reset": request(port, "POST", "/accounts/password_reset/", "email=ada%40example.com", cookies),
         "export": request(port, "POST", "/exports/start/", "", cookies),
     }

@@ -235,7 +235,9 @@ def test_16_concurrent_deliveries_through_stripe_create_one_payment_intent(strip
     outcomes = [result.get(timeout=TIMEOUT) for result in results]
 
     assert outcomes.count("paid") == 1, outcomes
-    assert set(outcomes) <= {"paid", "already-paid"}
+    # A delivery that reaches Stripe while the first is still there gets 409 "key in
+    # use" and ends; one that comes later finds the order paid.
+    assert set(outcomes) <= {"paid", "already-paid", "in-progress-elsewhere"}, outcomes
     assert stripe_pool.creates() == 1
     order.refresh_from_db()
     assert (order.status, order.charge_id) == (Order.Status.PAID, next(iter(stripe_pool.intents)))

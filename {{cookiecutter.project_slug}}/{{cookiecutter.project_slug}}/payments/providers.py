@@ -13,6 +13,8 @@ stands (paid, waiting for the customer, still processing, failed), or raises an
 error that says what the caller may do:
 
 * ``ProviderTimeout``, ``ProviderUnavailable``: retry later, with the same key;
+* ``PaymentInProgress``: another delivery of this payment is at the provider
+  right now and will record the outcome: stop, do not retry;
 * ``CardDeclined``: final, the customer's problem (order FAILED, reason shown);
 * ``PaymentRejected``: final, *our* problem (a bad request, a revoked key): the
   order fails, and the task fails loudly so that an operator gets a dead letter.
@@ -47,6 +49,12 @@ class ProviderTimeout(ProviderError):
 
 class ProviderUnavailable(ProviderError):
     """The provider refused to work right now (outage, rate limit): retry later."""
+
+
+class PaymentInProgress(ProviderError):
+    """Another request with this idempotency key is running at the provider right now:
+    a second delivery of the same payment. That request records the outcome; this one
+    has nothing to add (and retrying only collides again while the first is slow)."""
 
 
 class CardDeclined(ProviderError):
@@ -306,6 +314,10 @@ def stripe_errors():
     except stripe.APIConnectionError as error:  # no answer: the request may have run
         raise ProviderTimeout(str(error)) from error
     except (stripe.RateLimitError, stripe.APIError) as error:  # 429, 5xx, 409 "key in use"
+        # stripe-python passes no ``code`` to a 409's APIError: read it from the body.
+        code = ((error.json_body or {}).get("error") or {}).get("code")
+        if error.http_status == 409 and code == "idempotency_key_in_use":
+            raise PaymentInProgress(str(error)) from error
         raise ProviderUnavailable(str(error)) from error
     except (
         stripe.InvalidRequestError,  # 400/404: a bad request stays bad

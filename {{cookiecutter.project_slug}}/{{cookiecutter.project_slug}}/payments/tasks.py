@@ -15,6 +15,7 @@ from .providers import (
     CardDeclined,
     Charge,
     Outcome,
+    PaymentInProgress,
     PaymentRejected,
     ProviderTimeout,
     ProviderUnavailable,
@@ -84,6 +85,12 @@ def process_payment(self, order_id: int) -> str:
         fail_order(order_id, str(declined))
         logger.info("payment: order %s declined: %s", order_id, declined)
         return "declined"
+    except PaymentInProgress:
+        # A duplicate delivery while the first is still at the provider: the first
+        # records the outcome (if its worker dies, its message comes back, and
+        # reconciliation covers what stays PROCESSING). Retrying would only collide.
+        logger.info("payment: order %s is being charged by another delivery right now", order_id)
+        return "in-progress-elsewhere"
     except PaymentRejected:
         fail_order(order_id, "The payment could not be processed. We have been notified.")
         logger.error("payment: order %s refused by the provider; failed for good", order_id)

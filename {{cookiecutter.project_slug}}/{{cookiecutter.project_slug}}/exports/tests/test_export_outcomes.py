@@ -17,6 +17,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from ...core.models import FailedTask
+from ...outbox import relay
 from ..csv_export import ExportRunner, StopRequested
 from ..models import ExportJob, TooManyExports, Transaction
 from ..tasks import export_watchdog, generate_csv_export
@@ -310,7 +311,7 @@ def test_the_command_refuses_beyond_the_limit_and_reuses_a_running_export(user, 
 def test_concurrent_requests_of_one_user_never_pass_the_limit(user, monkeypatch):
     """Eight requests at once, each for a different range: the row lock lets exactly two through."""
     # Keep the exports queued: run eagerly here, they would finish (and free the limit) at once.
-    monkeypatch.setattr(generate_csv_export, "delay_on_commit", lambda job_id: None)
+    monkeypatch.setattr(relay, "publish_after_commit", lambda message_id: None)
     barrier, outcomes = threading.Barrier(8), []
 
     def request(day: int):

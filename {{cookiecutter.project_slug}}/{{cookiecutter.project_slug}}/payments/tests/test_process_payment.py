@@ -171,7 +171,7 @@ def test_sandbox_test_card_declines_with_the_reason_shown(user, client):
     assert not SandboxCharge.objects.exists()
 
 
-def test_sandbox_3d_secure_waits_for_the_customer_then_pays_once(user, client):
+def test_sandbox_3d_secure_waits_for_the_customer_then_pays_once(user, client, django_capture_on_commit_callbacks):
     order = Order.objects.create(user=user, amount_cents=4200, payment_method="pm_card_threeDSecure2Required")
 
     assert process_payment(order.pk) == "requires-action"
@@ -185,7 +185,8 @@ def test_sandbox_3d_secure_waits_for_the_customer_then_pays_once(user, client):
     assert "Action required" in page
     assert order.next_action_url in page
 
-    response = client.post(order.next_action_url, {"result": "succeed"})  # the bank's page, sandboxed
+    with django_capture_on_commit_callbacks(execute=True):  # the view sends sync_payment through the outbox
+        response = client.post(order.next_action_url, {"result": "succeed"})  # the bank's page, sandboxed
 
     assert response.url == reverse("payments:order", args=[order.pk])
     order.refresh_from_db()
@@ -193,13 +194,14 @@ def test_sandbox_3d_secure_waits_for_the_customer_then_pays_once(user, client):
     assert SandboxCharge.objects.get().charge_id == order.charge_id
 
 
-def test_sandbox_3d_secure_failed_fails_the_order(user, client):
+def test_sandbox_3d_secure_failed_fails_the_order(user, client, django_capture_on_commit_callbacks):
     order = Order.objects.create(user=user, amount_cents=4200, payment_method="pm_card_threeDSecure2Required")
     process_payment(order.pk)
     order.refresh_from_db()
     client.force_login(user)
 
-    client.post(order.next_action_url, {"result": "fail"})
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(order.next_action_url, {"result": "fail"})
 
     order.refresh_from_db()
     assert order.status == Order.Status.FAILED

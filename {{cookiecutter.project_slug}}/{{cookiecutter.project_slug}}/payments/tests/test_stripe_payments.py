@@ -6,13 +6,15 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.test import TestCase
 from django.urls import reverse
 from django.utils import timezone
 
 from {{ cookiecutter.project_slug }}.core.models import FailedTask
 
 from ..models import Order
-from ..tasks import process_payment, reconcile_stuck_payments
+from ..tasks import process_payment
+from ..tasks import reconcile_stuck_payments as reconcile_task
 from .fake_stripe import sign
 
 
@@ -35,9 +37,17 @@ def refreshed(order):
 
 
 def post_event(client, body, signature):
-    return client.post(
-        reverse("payments:stripe-webhook"), body, content_type="application/json", HTTP_STRIPE_SIGNATURE=signature
-    )
+    """Stripe's POST; what the view sends through the outbox runs (eagerly) after its COMMIT."""
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        return client.post(
+            reverse("payments:stripe-webhook"), body, content_type="application/json", HTTP_STRIPE_SIGNATURE=signature
+        )
+
+
+def reconcile_stuck_payments() -> list[int]:
+    """Beat's reconciliation run; what it sends through the outbox runs (eagerly) after its COMMIT."""
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        return reconcile_task()
 
 
 def age(order, **delta):
@@ -216,6 +226,22 @@ def test_transient_errors_are_retried_and_charge_once(order_with, stripe_payment
     assert (order.status, order.payment_attempts) == (Order.Status.PAID, 3)
     assert stripe_payments.creates() == 1
     assert not FailedTask.objects.exists()
+
+
+def test_a_delivery_that_collides_with_one_at_stripe_ends_without_a_retry(order_with, stripe_payments):
+    order = order_with()
+    with stripe_payments.lock:  # another delivery of this payment is at Stripe right now
+        stripe_payments.in_flight.add(str(order.idempotency_key))
+
+    assert process_payment.apply((order.pk,), throw=False).get() == "in-progress-elsewhere"  # a 409, not a retry
+
+    order = refreshed(order)
+    assert (order.status, order.payment_attempts) == (Order.Status.PROCESSING, 1)
+    assert stripe_payments.creates() == 0
+    assert not FailedTask.objects.exists()
+    with stripe_payments.lock:  # that delivery ends without an answer (its worker died): the redelivery pays
+        stripe_payments.in_flight.clear()
+    assert process_payment(order.pk) == "paid"
 
 
 # --8<-- [start:permanent-errors]
