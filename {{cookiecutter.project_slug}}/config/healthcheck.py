@@ -2,13 +2,14 @@
 
     python -m config.healthcheck worker-high   # its heartbeat file is fresh
     python -m config.healthcheck beat          # beat's heartbeat file is fresh
+    python -m config.healthcheck outbox-relay  # the outbox relay's heartbeat file is fresh
     python -m config.healthcheck web           # GET /healthz answers 200
     python -m config.healthcheck flower        # Flower's open /healthcheck answers 200
 
-Worker pools and beat touch a heartbeat file from their own main loop (see
-``config/celery_app.py`` and ``core/beat.py``): a fresh file proves the loop runs,
-without the broker round trip of ``celery inspect ping`` on every probe and without
-importing Django. Exit status 0 is healthy, 1 is not.
+Worker pools, beat and the outbox relay touch a heartbeat file from their own main
+loop (see ``config/celery_app.py``, ``core/beat.py`` and the ``outbox_relay``
+command): a fresh file proves the loop runs, without the broker round trip of
+``celery inspect ping`` on every probe and without importing Django. Exit status 0 is healthy, 1 is not.
 
 Environment: HEALTHCHECK_DIR (where the files live), HEALTHCHECK_MAX_AGE (seconds, 60).
 """
@@ -57,7 +58,7 @@ def answers(port: str, path: str) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    names = ["web", "flower", "beat", *(pool.name for pool in POOLS)]
+    names = ["web", "flower", "beat", "outbox-relay", *(pool.name for pool in POOLS)]
     if len(argv) != 1 or argv[0] not in names:
         print("usage: python -m config.healthcheck " + "|".join(names), file=sys.stderr)
         return 2
@@ -67,7 +68,7 @@ def main(argv: list[str]) -> int:
     elif process == "flower":
         healthy = answers(os.environ.get("FLOWER_PORT", "5555"), "/healthcheck")
     else:
-        if process != "beat":
+        if process not in ("beat", "outbox-relay"):
             pool_named(process)
         healthy = fresh(process, float(os.environ.get("HEALTHCHECK_MAX_AGE", "60")))
     print("healthy" if healthy else "unhealthy")

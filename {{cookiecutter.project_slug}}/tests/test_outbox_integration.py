@@ -32,7 +32,7 @@ from {{ cookiecutter.project_slug }}.outbox.models import OutboxMessage
 from {{ cookiecutter.project_slug }}.payments.models import Order, SandboxCharge
 from {{ cookiecutter.project_slug }}.users.models import PasswordResetRequest
 
-from .conftest import _missing, _test_database_url, free_port, start_process, stop_processes, wait_for
+from .conftest import ROOT, _missing, _test_database_url, free_port, start_process, stop_processes, wait_for
 
 pytestmark = [
     pytest.mark.integration,
@@ -111,7 +111,7 @@ def stack(django_db_setup, django_db_blocker, transactional_db, tmp_path):
             return {host for reply in replies for host in reply} == hosts and request(web_port, "GET", "/healthz")
 
         wait_for(ready, 90, "the workers and web to answer")
-        yield {"broker": broker, "port": web_port, "logs": logs}
+        yield {"broker": broker, "port": web_port, "logs": logs, "env": env}
     finally:
         stop_processes(processes.values())
         broker.stop()
@@ -200,3 +200,15 @@ def test_broker_down_requests_answer_at_once_and_run_once_it_is_back(stack):
     for message in OutboxMessage.objects.all():
         assert log_count(runs, rf"id={message.task_id} ") == 1, message
     # --8<-- [end:outage]
+
+
+def test_the_relay_heartbeat_is_its_healthcheck_also_while_the_broker_is_down(stack):
+    def healthcheck(**env) -> int:
+        command = [sys.executable, "-m", "config.healthcheck", "outbox-relay"]
+        return subprocess.run(command, cwd=ROOT, env=stack["env"] | env, capture_output=True, check=False).returncode
+
+    wait_for(lambda: healthcheck() == 0, 30, "the relay's healthcheck to pass")
+    stack["broker"].stop()  # the relay keeps looping (and trying): healthy, not restarted by compose
+    time.sleep(2)
+    assert healthcheck() == 0
+    assert healthcheck(HEALTHCHECK_MAX_AGE="0") == 1  # a stale heartbeat fails

@@ -98,7 +98,7 @@ def test_stop_grace_period_covers_the_soft_shutdown(filename):
 @pytest.mark.parametrize("filename", COMPOSE_FILES)
 def test_web_workers_beat_and_flower_have_cheap_healthchecks(filename):
     services = compose(filename)
-    fixed = [("django", "web"), ("beat", "beat"), ("flower", "flower")]
+    fixed = [("django", "web"), ("beat", "beat"), ("flower", "flower"), ("outbox-relay", "outbox-relay")]
     for name, process in [*fixed, *((pool.name, pool.name) for pool in topology.POOLS)]:
         assert services[name]["healthcheck"]["test"] == ["CMD", "python", "-m", "config.healthcheck", process], name
 

@@ -17,6 +17,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import DatabaseError, close_old_connections
 
+from config.healthcheck import touch
+
 from ...models import OutboxMessage
 from ...relay import relay_pending
 
@@ -42,6 +44,7 @@ class Command(BaseCommand):
         logger.info("outbox relay started: a pass every %ss", interval)
         was_down = False
         while not stopping.is_set():
+            touch("outbox-relay")  # the heartbeat its compose healthcheck reads: the loop runs
             # A long-running process: let Django drop connections that are too old
             # or broken (CONN_MAX_AGE, CONN_HEALTH_CHECKS), as it does between requests.
             close_old_connections()
