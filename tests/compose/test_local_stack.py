@@ -22,7 +22,7 @@ from .conftest import BAKER_UID, make_stack
 from .stack import Stack, wait_until
 
 FILES = ["docker-compose.yml"]
-DJANGO_SERVICES = {"django", "worker-high", "worker-default", "worker-export", "beat", "flower"}
+DJANGO_SERVICES = {"django", "worker-high", "worker-default", "worker-export", "beat", "flower", "outbox-relay"}
 # A slow export, so that it can be reloaded and stopped part-way: 100 batches of 2,000
 # rows, 0.2 s each. Only the env file changes; the compose file is tested as baked.
 EXPORT_ROWS = 200_000
