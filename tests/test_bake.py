@@ -93,6 +93,7 @@ def test_options_shape_the_files(baked):
         assert (path / ".envs" / f".{env}" / ".rabbitmq").exists() == uses_rabbitmq
         assert ("CELERY_BROKER_URL=amqp://" in (path / ".envs" / f".{env}" / ".django").read_text()) == uses_rabbitmq
     assert (path / "tests/test_rabbitmq_integration.py").exists() == uses_rabbitmq
+    assert (path / "tests/test_outbox_integration.py").exists() != uses_rabbitmq  # its outage is a Redis one
     base = (path / "config/settings/base.py").read_text()
     assert ('"x-queue-type": "quorum"' in base) == uses_rabbitmq
     assert ("visibility_timeout" in base) != uses_rabbitmq

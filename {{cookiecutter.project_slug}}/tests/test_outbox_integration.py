@@ -34,14 +34,7 @@ from {{ cookiecutter.project_slug }}.users.models import PasswordResetRequest
 
 from .conftest import ROOT, _missing, _test_database_url, free_port, start_process, stop_processes, wait_for
 
-pytestmark = [
-    pytest.mark.integration,
-{%- if cookiecutter.broker == "rabbitmq" %}
-    # The outage is staged with a redis-server of the test's own; this bake's broker
-    # is RabbitMQ (shared by the run). The Redis bake and the failure drill run it.
-    pytest.mark.skip(reason="broker outage test runs in the Redis bake"),
-{%- endif %}
-]
+pytestmark = pytest.mark.integration
 PROCESSES = ("worker-high", "worker-export", "outbox-relay", "web")
 ANSWER_WITHIN = 1.0  # seconds, for a request made while the broker is down
 
