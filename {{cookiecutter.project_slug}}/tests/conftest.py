@@ -207,6 +207,21 @@ def worker_pools(broker_url, django_db_setup, django_db_blocker, tmp_path_factor
         stop_processes(pools.processes.values())
 
 
+# The demo user's transactions in export tests on the pools: 50 batches of 500,
+# about 10 s on the throttled export pool (EXPORT_THROTTLE_SECONDS above).
+DEMO_ROWS = 25_000
+
+
+@pytest.fixture
+def demo(live_celery):
+    """The ``demo`` user with DEMO_ROWS transactions (``seed_demo_data``)."""
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+
+    call_command("seed_demo_data", transactions=DEMO_ROWS, orders=0)
+    return get_user_model().objects.get(username="demo")
+
+
 @pytest.fixture
 def live_celery(worker_pools, transactional_db, settings):
     """Send tasks through the broker to the real pools instead of running them eagerly."""

@@ -15,7 +15,7 @@ from {{ cookiecutter.project_slug }}.exports.models import ExportJob
 from {{ cookiecutter.project_slug }}.exports.tasks import generate_csv_export
 
 from .conftest import ROOT, wait_for
-from .test_exports_integration import clean_export, demo, finished, progress, runners  # noqa: F401
+from .test_exports_integration import clean_export, finished, progress, runners
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +30,7 @@ def autoreloading_export_pool(live_celery):
     live_celery.restart("worker-export")
 
 
-def test_stop_hands_the_job_back_at_once(autoreloading_export_pool, demo):  # noqa: F811
+def test_stop_hands_the_job_back_at_once(autoreloading_export_pool, demo):
     pools = autoreloading_export_pool
     job = ExportJob.objects.create(user=demo)
     generate_csv_export.delay(job.pk)
@@ -49,7 +49,7 @@ def test_stop_hands_the_job_back_at_once(autoreloading_export_pool, demo):  # no
     assert len(runners(job)) == 2
 
 
-def test_code_change_restarts_the_worker_with_a_soft_shutdown(autoreloading_export_pool, demo):  # noqa: F811
+def test_code_change_restarts_the_worker_with_a_soft_shutdown(autoreloading_export_pool, demo):
     pools = autoreloading_export_pool
     job = ExportJob.objects.create(user=demo)
     generate_csv_export.delay(job.pk)

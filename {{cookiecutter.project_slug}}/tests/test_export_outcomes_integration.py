@@ -17,8 +17,6 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.contrib.auth import get_user_model
-from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
 
@@ -27,15 +25,9 @@ from {{ cookiecutter.project_slug }}.exports.models import ExportJob
 from {{ cookiecutter.project_slug }}.exports.tasks import export_watchdog, generate_csv_export
 
 from .conftest import wait_for
+from .test_exports_integration import ROWS
 
 pytestmark = pytest.mark.integration
-ROWS = 25_000  # 50 batches of 500, about 10 s on the throttled export pool
-
-
-@pytest.fixture
-def demo(live_celery):
-    call_command("seed_demo_data", transactions=ROWS, orders=0)
-    return get_user_model().objects.get(username="demo")
 
 
 def reload(job: ExportJob) -> ExportJob:

@@ -7,24 +7,15 @@ rows, having resumed from its checkpoint rather than starting over.
 import signal
 
 import pytest
-from django.core.management import call_command
 
 from {{ cookiecutter.project_slug }}.exports.csv_export import ExportRunner
 from {{ cookiecutter.project_slug }}.exports.models import ExportJob
 from {{ cookiecutter.project_slug }}.exports.tasks import export_watchdog, generate_csv_export
 
-from .conftest import wait_for
+from .conftest import DEMO_ROWS, wait_for
 
 pytestmark = pytest.mark.integration
-ROWS = 25_000  # 50 batches of 500, about 10 s on the throttled export pool
-
-
-@pytest.fixture
-def demo(live_celery):
-    call_command("seed_demo_data", transactions=ROWS, orders=0)
-    from django.contrib.auth import get_user_model
-
-    return get_user_model().objects.get(username="demo")
+ROWS = DEMO_ROWS  # the demo fixture's transactions (conftest.py)
 
 
 def clean_export(user) -> bytes:

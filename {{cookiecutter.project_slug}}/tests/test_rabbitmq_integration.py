@@ -20,7 +20,7 @@ from {{ cookiecutter.project_slug }}.exports.models import ExportJob
 from {{ cookiecutter.project_slug }}.exports.tasks import generate_csv_export
 
 from .conftest import ROOT, wait_for
-from .test_exports_integration import clean_export, demo, finished, progress, runners  # noqa: F401 (demo: fixture)
+from .test_exports_integration import clean_export, finished, progress, runners
 
 pytestmark = pytest.mark.integration
 
@@ -86,7 +86,7 @@ def test_a_countdown_waits_in_the_broker_not_in_a_worker(live_celery):
     assert time.monotonic() - started >= 4
 
 
-def test_a_killed_worker_hands_its_message_back_at_once(live_celery, demo):  # noqa: F811
+def test_a_killed_worker_hands_its_message_back_at_once(live_celery, demo):
     job = ExportJob.objects.create(user=demo)
     generate_csv_export.delay(job.pk)
     wait_for(lambda: progress(job) >= 0.2, message="20% of the export")
