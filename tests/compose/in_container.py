@@ -15,8 +15,8 @@ import time
 
 from config.celery_app import app
 from django.apps import apps
-from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.db import connection
 
 Order = apps.get_model("payments", "Order")
 SandboxCharge = apps.get_model("payments", "SandboxCharge")
@@ -89,13 +89,21 @@ def export_status() -> dict:
 
 
 def export_reference() -> dict:
-    """The same user's rows exported in one go, in this process, unthrottled."""
+    """The demo user's transactions as one plain COPY: what every export must equal, byte for byte.
+
+    Independent of the export engine's batches, parts and checkpoints: the header,
+    then every row formatted by Postgres in a single statement.
+    """
     csv_export = module("exports", "csv_export")
-    settings.EXPORT_THROTTLE_SECONDS = 0
-    job = ExportJob.objects.create(user=demo())
-    runner = csv_export.ExportRunner(job.pk)
-    assert ExportJob.claim(job.pk, runner.owner)
-    return {"sha256": sha256(runner.run().file)}
+    transactions = apps.get_model("exports", "Transaction")
+    user = demo()
+    last = transactions.objects.filter(user=user).order_by("-pk").values_list("pk", flat=True).first() or 0
+    sql = "COPY (" + csv_export.COPY_SELECT.format(table=transactions._meta.db_table) + ") TO STDOUT (FORMAT csv)"
+    digest = hashlib.sha256(csv_export.HEADER_LINE)
+    with connection.cursor() as cursor, cursor.cursor.copy(sql, [user.pk, 0, last]) as copy:
+        for block in copy:
+            digest.update(block)
+    return {"sha256": digest.hexdigest()}
 
 
 def payments_start() -> dict:
