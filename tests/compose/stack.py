@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,6 +110,18 @@ class Stack:
         return self.compose(
             "up", "--detach", "--wait", "--wait-timeout", str(int(timeout)), *args, timeout=timeout + 60
         )
+
+    @contextmanager
+    def started(self, seed_transactions: int):
+        """`up --build --wait` (timed), the demo user's transactions seeded; `down --volumes` afterwards."""
+        started = time.monotonic()
+        try:
+            self.up("--build")
+            print(f"\n{self.path.name} ({self.files[0]}): up and healthy in {time.monotonic() - started:.0f}s")
+            self.exec("django", "python", "manage.py", "seed_demo_data", "--transactions", str(seed_transactions))
+            yield self
+        finally:
+            self.down()
 
     def down(self) -> None:
         self.compose("down", "--volumes", "--remove-orphans", "--timeout", "20", timeout=300, check=False)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import os
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -57,14 +56,8 @@ def local_stack(request, docker_ready, tmp_path_factory):
     stack = make_stack(tmp_path_factory, FILES, **request.param)
     with (stack.path / ".envs/.local/.django").open("a") as handle:
         handle.write(SLOW_EXPORTS)
-    started = time.monotonic()
-    try:
-        stack.up("--build")
-        print(f"\n{stack.path.name}: local stack up and healthy in {time.monotonic() - started:.0f}s")
-        stack.exec("django", "python", "manage.py", "seed_demo_data", "--transactions", str(EXPORT_ROWS))
+    with stack.started(seed_transactions=EXPORT_ROWS):
         yield stack
-    finally:
-        stack.down()
 
 
 @pytest.fixture

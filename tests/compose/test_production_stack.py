@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import urllib.error
 import urllib.request
 
@@ -46,14 +45,8 @@ def production_stack(docker_ready, tmp_path_factory):
     stack = make_stack(tmp_path_factory, FILES)
     commands = readme_commands(stack)
     assert commands == ["docker compose -f docker-compose.production.yml up --build --wait"], commands
-    started = time.monotonic()
-    try:
-        stack.up("--build")  # the README's command (Stack.up adds --detach and a timeout)
-        print(f"\nproduction stack up and healthy in {time.monotonic() - started:.0f}s")
-        stack.exec("django", "python", "manage.py", "seed_demo_data", "--transactions", "1000", "--orders", "0")
+    with stack.started(seed_transactions=1000):  # up --build: the README's command, with --detach and a timeout
         yield stack
-    finally:
-        stack.down()
 
 
 @pytest.fixture
