@@ -66,8 +66,12 @@ class Stack:
     def name(self) -> str:
         return self.config()["name"]
 
+    def command(self, *args: str) -> list[str]:
+        """``docker compose -f FILE ... ARGS`` for this stack."""
+        return ["docker", "compose", *(arg for name in self.files for arg in ("-f", name)), *args]
+
     def compose(self, *args: str, timeout: float = 1800, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-        command = ["docker", "compose", *(arg for name in self.files for arg in ("-f", name)), *args]
+        command = self.command(*args)
         result = subprocess.run(
             command, cwd=self.path, env=os.environ | self.env, capture_output=True, text=True, timeout=timeout, **kwargs
         )
@@ -127,9 +131,9 @@ class Stack:
         self.compose("down", "--volumes", "--remove-orphans", "--timeout", "20", timeout=300, check=False)
 
     def logs(self, tail: int = 80) -> str:
-        command = ["docker", "compose", *(arg for name in self.files for arg in ("-f", name))]
+        # Not through compose(): that attaches these logs to its own errors.
         result = subprocess.run(
-            [*command, "logs", "--no-color", "--tail", str(tail)],
+            self.command("logs", "--no-color", "--tail", str(tail)),
             cwd=self.path,
             env=os.environ | self.env,
             capture_output=True,
