@@ -1,10 +1,19 @@
-"""Delete the files of options that are off and fill in generated secrets."""
+"""Delete the files of options that are off, fill in generated secrets, record the template."""
 
+import json
 import os
 import secrets
 import shutil
 import string
+import subprocess
 from pathlib import Path
+
+from cookiecutter.config import BUILTIN_ABBREVIATIONS
+from cookiecutter.repository import expand_abbreviations
+
+# The answers, as data: one JSON document in a raw string literal that no value can end
+# early (pre_gen_project.py says why). Never paste an answer into this file's code.
+CONTEXT = json.loads(r"""{{ cookiecutter | tojson }}""")
 
 # Paths removed when the option has the given value.
 REMOVE_WHEN = {
@@ -19,7 +28,6 @@ REMOVE_WHEN = {
         "tests/test_rabbitmq_integration.py",
     ],
 }
-OPTIONS = {"ci": "{{ cookiecutter.ci }}", "broker": "{{ cookiecutter.broker }}"}
 
 # Placeholders replaced by a fresh secret, in every file that contains them.
 SECRET_FILES = [
@@ -55,9 +63,49 @@ SECRETS = {
 }
 
 
+# Files cruft leaves alone on update: each bake generates its own secrets into them.
+CRUFT_SKIP = [".env", ".envs"]
+
+
+def record_template() -> None:
+    """Write .cruft.json: the template, its commit and the answers this project was baked from.
+
+    `cruft update` reads it to bring the template's later changes in as a patch (and
+    `cruft check` in CI says when the project has fallen behind). `cruft create` writes
+    the same file; writing it here links a plain `cookiecutter` bake too.
+    """
+    if "_commit" in CONTEXT or "_repo_dir" not in CONTEXT:
+        return  # cruft itself is rendering (create, update, diff): it keeps .cruft.json
+    # Relative paths are relative to where cookiecutter was started; the hook runs elsewhere.
+    started_in = Path(os.environ.get("PWD", "."))
+    repo_dir = (started_in / CONTEXT["_repo_dir"]).resolve()
+    git = subprocess.run(
+        ["git", "-C", str(repo_dir), "rev-parse", "--show-toplevel", "HEAD"], capture_output=True, text=True
+    )
+    lines = git.stdout.split()
+    if git.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != repo_dir:
+        print("Note: the template is not a git checkout, so no .cruft.json was written (cruft update needs one).")
+        return
+    commit = lines[1]
+    local = started_in / CONTEXT["_template"]
+    template = (
+        str(local.resolve()) if local.is_dir() else expand_abbreviations(CONTEXT["_template"], BUILTIN_ABBREVIATIONS)
+    )
+    answers = {key: value for key, value in CONTEXT.items() if not key.startswith("_")}
+    cruft = {
+        "template": template,
+        "commit": commit,
+        "checkout": None,
+        "context": {"cookiecutter": answers | {"_template": template, "_commit": commit}},
+        "directory": None,
+        "skip": CRUFT_SKIP,
+    }
+    Path(".cruft.json").write_text(json.dumps(cruft, indent=2, ensure_ascii=False) + "\n")
+
+
 def main() -> None:
     for (option, value), paths in REMOVE_WHEN.items():
-        if OPTIONS[option] == value:
+        if CONTEXT[option] == value:
             for path in map(Path, paths):
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
     for path in filter(Path.exists, map(Path, SECRET_FILES)):
@@ -65,6 +113,7 @@ def main() -> None:
         for placeholder, value in SECRETS.items():
             text = text.replace(placeholder, value)
         path.write_text(text)
+    record_template()
 
 
 if __name__ == "__main__":

@@ -1,15 +1,20 @@
 """Fixtures for testing the template: bake projects and run commands inside them."""
 
+import http.cookiejar
 import itertools
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import redis
 
 TEMPLATE = Path(__file__).resolve().parent.parent
 CHOICES = {
@@ -17,6 +22,20 @@ CHOICES = {
     for key, value in json.loads((TEMPLATE / "cookiecutter.json").read_text()).items()
     if isinstance(value, list) and not key.startswith("_")
 }
+
+
+DEMO_LOGIN = re.compile(r"Log in at (\S+) as (\w+), password: (\S+)")
+
+
+def sign_in(login_url: str, username: str, password: str) -> bool:
+    """Sign in through Django's login form as a browser would (CSRF cookie and token)."""
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    form = opener.open(login_url, timeout=10).read().decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form).group(1)
+    data = urllib.parse.urlencode({"csrfmiddlewaretoken": token, "username": username, "password": password})
+    request = urllib.request.Request(login_url, data=data.encode(), headers={"Referer": login_url})
+    with opener.open(request, timeout=10) as page:  # a wrong password renders the form again
+        return urllib.parse.urlsplit(page.url).path != urllib.parse.urlsplit(login_url).path
 
 
 def all_pairs(choices: dict[str, list[str]]) -> list[dict[str, str]]:
@@ -66,12 +85,51 @@ def assert_ok(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, f"{' '.join(map(str, result.args))} failed:\n{result.stdout}\n{result.stderr}"
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def reachable(address) -> bool:
     try:
         with socket.create_connection(address, timeout=2):
             return True
     except OSError:
         return False
+
+
+# Redis databases on REDIS_PORT the suite must leave as it found them: 0, what a
+# developer's `make dev` uses, and 15, where the baked suites run their tests
+# (their TEST_REDIS_DB). The drills and the compose suite run Redis servers of their own.
+WATCHED_REDIS_DATABASES = (0, 15)
+
+
+def redis_snapshot(client: redis.Redis) -> set[bytes]:
+    """The database's keys, and the unacknowledged deliveries of a Redis broker."""
+    return set(client.scan_iter(count=1000)) | {b"unacked:" + tag for tag in client.hkeys("unacked")}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def leaves_redis_as_it_found_it():
+    """Fail the run if it left keys or unacknowledged messages that a later `make dev` would meet."""
+    clients = {
+        db: redis.Redis(*REDIS, db=db, socket_timeout=10, socket_connect_timeout=2) for db in WATCHED_REDIS_DATABASES
+    }
+    try:
+        before = {db: redis_snapshot(client) for db, client in clients.items()}
+    except redis.ConnectionError:
+        before = None  # no Redis: the tests that need it say so
+    yield
+    if before is None:
+        return
+    left = {db: sorted(redis_snapshot(client) - before[db])[:20] for db, client in clients.items()}
+    left = {db: keys for db, keys in left.items() if keys}
+    assert not left, (
+        f"the template's tests left these in Redis on port {REDIS[1]} (database: keys): {left}. "
+        "(A make dev running on that Redis writes there too: give the tests another REDIS_PORT.)"
+    )
 
 
 @pytest.fixture(scope="session")

@@ -52,6 +52,7 @@ PATTERN_PAGES = [
     "dead-letters.md",
     "poison-messages.md",
     "time-limits.md",
+    "database-connections.md",
     "beat.md",
     "monitoring.md",
     "operations.md",

@@ -15,13 +15,22 @@ from .conftest import assert_ok, run
 
 SUITE_MATRIX = [
     {},
-    {"project_name": "Widget Works", "python_version": "3.11", "ci": "none", "storage": "s3"},
+    # Answers that break a project that pastes them into code: quotes of both kinds, a
+    # colon, commas, an ampersand, curly quotes and accents (tests/test_answers.py has more).
+    {
+        "project_name": 'Wídget "Works": Tom’s, A&B — Ünïcode',
+        "description": 'Exports, payments & "emails": all of it.',
+        "author_name": 'Zoë "Z" O\'Brien & Co',
+        "python_version": "3.11",
+        "ci": "none",
+        "storage": "s3",
+    },
     {"project_name": "Rabbit Shop", "python_version": "3.13", "broker": "rabbitmq"},
 ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("context", SUITE_MATRIX, ids=["default", "widget_works-s3", "rabbit_shop-rabbitmq"])
+@pytest.mark.parametrize("context", SUITE_MATRIX, ids=["default", "widget_hostile_names-s3", "rabbit_shop-rabbitmq"])
 def test_baked_project_suite_passes(cookies, services, context):
     result = cookies.bake(extra_context=context)
     assert result.exit_code == 0, result.exception

@@ -1,18 +1,23 @@
-"""Bad answers fail the bake with a message that says what to fix, and write nothing."""
+"""Bad answers fail the bake with a message that says what to fix, and write nothing.
+
+tests/test_answers.py checks every rule and hostile values per answer; these are the
+common mistakes, baked for real.
+"""
 
 import pytest
 
 INVALID = [
-    ({"project_slug": "Acme-Shop"}, "project_slug 'Acme-Shop' is not a valid Python package name"),
-    ({"project_slug": "2shop"}, "is not a valid Python package name"),
-    ({"project_slug": "class"}, "is not a valid Python package name"),
-    ({"project_slug": "celery"}, "project_slug 'celery' would shadow a module"),
-    ({"project_slug": "json"}, "project_slug 'json' would shadow a module"),
-    ({"project_slug": "payments"}, "would shadow a module"),
-    ({"timezone": "Mars/Olympus"}, "timezone 'Mars/Olympus' is not an IANA time zone name"),
-    ({"domain_name": "https://example.com/"}, "is not a domain"),
+    ({"project_slug": "Acme-Shop"}, "project_slug 'Acme-Shop' is not a Python package name"),
+    ({"project_slug": "2shop"}, "is not a Python package name"),
+    ({"project_slug": "class"}, "project_slug 'class' is a Python keyword"),
+    ({"project_slug": "celery"}, "project_slug 'celery' would shadow the module of that name that a dependency"),
+    ({"project_slug": "json"}, "project_slug 'json' would shadow the Python standard library module"),
+    ({"project_slug": "payments"}, "is the name of one of the project's own directories"),
+    ({"timezone": "Mars/Olympus"}, "timezone 'Mars/Olympus' is not a time zone name"),
+    ({"domain_name": "https://example.com/"}, "is not a lowercase domain name"),
     ({"author_email": "nobody"}, "author_email 'nobody' is not an email address"),
-    ({"project_name": "  "}, "project_name is empty"),
+    ({"project_name": "  "}, "project_name '  ' starts or ends with spaces"),
+    ({"project_name": ""}, "project_name '' is empty"),
 ]
 
 

@@ -3,10 +3,16 @@
 import pytest
 
 from config.celery_app import app
+
 {%- if cookiecutter.broker == "rabbitmq" %}
 
-# Every test run gets a throwaway RabbitMQ vhost (tests/rabbitmq.py).
-pytest_plugins = ["tests.rabbitmq"]
+# Every test run gets a Redis database of its own (tests/redis_database.py) and a
+# throwaway RabbitMQ vhost (tests/rabbitmq.py).
+pytest_plugins = ["tests.redis_database", "tests.rabbitmq"]
+{%- else %}
+
+# Every test run gets a Redis database of its own (tests/redis_database.py).
+pytest_plugins = ["tests.redis_database"]
 {%- endif %}
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from ..conftest import DEMO_LOGIN, sign_in
 from .conftest import BAKER_UID, make_stack
 from .stack import Stack, wait_until
 
@@ -82,6 +83,16 @@ def test_every_service_is_healthy_and_migrate_ran_first(stack):
         if service in DJANGO_SERVICES:
             assert state["StartedAt"] > migrate["State"]["FinishedAt"], f"{service} started before migrate finished"
     assert DJANGO_SERVICES <= by_service.keys()
+
+
+def test_first_run_prints_a_demo_login_that_works(stack):
+    """The first `up` seeds the demo account and prints its login; that login signs in."""
+    log = stack.compose("logs", "--no-color", "migrate").stdout
+    found = DEMO_LOGIN.search(log)
+    assert found, log[-2000:]
+    url, username, password = found.groups()
+    assert url == f"http://localhost:{stack.env['PORT']}/accounts/login/"
+    assert sign_in(url.replace("localhost", "127.0.0.1"), username, password)
 
 
 def test_published_ports_answer(stack):

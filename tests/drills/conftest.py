@@ -33,7 +33,7 @@ import redis
 from celery import Celery
 from cookiecutter.main import cookiecutter
 
-from ..conftest import POSTGRES, reachable
+from ..conftest import POSTGRES, free_port, reachable
 
 TEMPLATE = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).with_name("driver.py")
@@ -57,12 +57,6 @@ def wait_for(predicate, timeout: float = 60, message: str = "condition", interva
             pytest.fail(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
     return value
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -197,6 +191,8 @@ def project(drill_services, redis_server, tmp_path_factory) -> Project:
         "DJANGO_SETTINGS_MODULE": "config.settings.test",
         "DATABASE_URL": f"postgres://postgres@{POSTGRES[0]}:{POSTGRES[1]}/{database}",
         "REDIS_URL": redis_server.url,
+        # The whole server is the drills': their test settings keep to its database 0.
+        "TEST_REDIS_DB": "0",
         # Explicit, so that neither this shell nor the project's .env can point elsewhere.
         "CELERY_BROKER_URL": redis_server.url,
         "CELERY_RESULT_BACKEND": redis_server.url,

@@ -35,7 +35,8 @@ class HeartbeatFile(bootsteps.StartStopStep):
     requires = {"celery.worker.components:Timer"}
 
     def start(self, worker):
-        node = worker.hostname.split("@")[0]
+        # high@host, or test-123-high@host in the test suite (config/worker.py).
+        node = worker.hostname.split("@")[0].removeprefix(os.environ.get("WORKER_NODE_PREFIX", ""))
         try:
             self.process = topology.pool_named(node).name
         except KeyError:
@@ -53,6 +54,29 @@ class HeartbeatFile(bootsteps.StartStopStep):
 
 app.steps["worker"].add(HeartbeatFile)
 # --8<-- [end:heartbeat]
+
+
+# --8<-- [start:database-connections]
+@signals.task_prerun.connect
+@signals.task_postrun.connect
+def close_old_database_connections(sender=None, **kwargs):
+    """Around every task, what Django does around every request: ``close_old_connections``.
+
+    A connection is kept across tasks (CELERY_DB_REUSE_MAX in settings stops Celery's
+    Django fixup from closing it after each one), and here closed when a query broke it or
+    it outlived CONN_MAX_AGE. This also re-arms CONN_HEALTH_CHECKS: the task's first query
+    checks a reused connection and replaces it if the database dropped it meanwhile (a
+    restart, a failover, pg_terminate_backend, an idle-connection reaper). A pool child
+    holds at most one connection per database alias.
+    """
+    if getattr(sender.request, "is_eager", False):
+        return  # an eager task runs inside its caller's connection (and test transaction)
+    from django.db import close_old_connections
+
+    close_old_connections()
+
+
+# --8<-- [end:database-connections]
 
 
 # --8<-- [start:declare-every-queue]

@@ -96,12 +96,12 @@ class Pool:
         """Environment variable that overrides the concurrency, e.g. ``WORKER_HIGH_CONCURRENCY``."""
         return f"{self.name.upper().replace('-', '_')}_CONCURRENCY"
 
-    def celery_args(self, concurrency: int | None = None, loglevel: str = "INFO") -> list[str]:
-        """Arguments for ``celery`` that start this pool."""
+    def celery_args(self, concurrency: int | None = None, loglevel: str = "INFO", node_prefix: str = "") -> list[str]:
+        """Arguments for ``celery`` that start this pool (``node_prefix``: e.g. ``test-123-``)."""
         return [
             "--app=config.celery_app",
             "worker",
-            f"--hostname={self.node}@%h",
+            f"--hostname={node_prefix}{self.node}@%h",
             f"--queues={','.join(self.queues)}",
             f"--concurrency={concurrency or self.concurrency}",
             f"--prefetch-multiplier={self.prefetch_multiplier}",

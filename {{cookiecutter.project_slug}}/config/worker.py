@@ -9,6 +9,8 @@ pools run the same way natively, in development containers and in production.
 Environment:
   WORKER_<POOL>_CONCURRENCY   override the pool's concurrency (e.g. small in tests)
   CELERY_LOG_LEVEL            worker log level (default INFO)
+  WORKER_NODE_PREFIX          put before the node name: the test suite's pools are
+                              ``test-<pid>-high@host``, never a running make dev's ``high@host``
   CELERY_WORKER_AUTORELOAD    "1" restarts the worker when Python files change
                               (development only; needs watchfiles; config/autoreload.py)
   REMAP_SIGTERM               set to SIGQUIT unless given: SIGTERM starts Celery's
@@ -31,6 +33,7 @@ def build_command(pool_name: str, environ: dict[str, str] | os._Environ = os.env
     args = pool.celery_args(
         concurrency=int(concurrency) if concurrency else None,
         loglevel=environ.get("CELERY_LOG_LEVEL", "INFO"),
+        node_prefix=environ.get("WORKER_NODE_PREFIX", ""),
     )
     return [sys.executable, "-m", "celery", *args]
 

@@ -3,7 +3,9 @@
 The pools are started exactly as in production, from the Procfile lines, as
 subprocesses of the test run. They load ``config.settings.test`` and reach the
 test database through ``DATABASE_URL``, and the broker through
-``CELERY_BROKER_URL`` (with RabbitMQ: the run's throwaway vhost, tests/rabbitmq.py).
+``CELERY_BROKER_URL``: the run's own Redis database (tests/redis_database.py; with
+RabbitMQ, the run's throwaway vhost, tests/rabbitmq.py). Their node names start
+with ``test-<pid>-``: a running ``make dev`` and the tests never see each other.
 
 Without the broker, Redis or Postgres the integration tests are skipped on a
 laptop, and fail in CI (``CI`` set), where a skip would hide missing infrastructure.
@@ -28,6 +30,8 @@ from config.celery_app import app as celery_app
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT = 90
+# Before every node name of this run's pools: test-123-high@host.
+NODE_PREFIX = f"test-{os.getpid()}-"
 
 
 def pytest_collection_modifyitems(items):
@@ -126,7 +130,7 @@ class WorkerPools:
     env: dict[str, str]
 
     def hostname(self, pool_name: str) -> str:
-        return f"{topology.pool_named(pool_name).node}@{socket.gethostname()}"
+        return f"{self.env['WORKER_NODE_PREFIX']}{topology.pool_named(pool_name).node}@{socket.gethostname()}"
 
     def log(self, pool_name: str) -> str:
         return self.logs[pool_name].read_text(errors="replace")
@@ -181,6 +185,7 @@ def worker_pools(broker_url, django_db_setup, django_db_blocker, tmp_path_factor
         "CELERY_BROKER_URL": broker_url,
         "CELERY_TASK_ALWAYS_EAGER": "0",
         "CELERY_WORKER_AUTORELOAD": "0",
+        "WORKER_NODE_PREFIX": NODE_PREFIX,
         "DJANGO_MEDIA_ROOT": str(media_root),
         "HEALTHCHECK_DIR": str(tmp_path_factory.mktemp("health")),
         # Slow exports down (0.2 s per 500-row batch) so tests can stop them part-way.

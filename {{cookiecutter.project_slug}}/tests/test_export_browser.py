@@ -4,44 +4,22 @@ Headless Chromium (the system's: CHROMIUM_PATH, or chromium on PATH) driven by
 Playwright against a live server, with the real export pool doing the work.
 """
 
-import os
 import re
-import shutil
 
 import pytest
 from django.core.management import call_command
 from django.test import Client
 
+from .browser import browser_context
+
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 ROWS = 5000  # 10 throttled batches: a couple of seconds of visible progress
 
 
-def chromium() -> str:
-    path = os.environ.get("CHROMIUM_PATH") or next(
-        filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None
-    )
-    if not path:
-        message = "no Chromium: install it (apt install chromium) or set CHROMIUM_PATH"
-        if os.environ.get("CI"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    return path
-
-
 @pytest.fixture
 def browser_page(live_server, monkeypatch):
-    sync_api = pytest.importorskip("playwright.sync_api")
-    # Playwright's sync API runs an event loop in this thread; the ORM calls the
-    # test makes between browser steps are still plain synchronous calls.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=chromium(),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
-        )
-        context = browser.new_context(accept_downloads=True)
+    with browser_context(monkeypatch, accept_downloads=True) as context:
         yield context
-        browser.close()
 
 
 def test_progress_bar_moves_and_the_download_arrives(live_celery, live_server, browser_page, tmp_path):
@@ -63,8 +41,8 @@ def test_progress_bar_moves_and_the_download_arrives(live_celery, live_server, b
                    return m && m[1] !== '0' && m[1] !== '5,000'; }"""
     )
     assert re.search(r"rows/s · ETA \d+ s", page.text_content("#progress"))
-    partial_width = page.eval_on_selector("#fill", "el => parseFloat(el.style.width)")
-    assert 0 < partial_width < 100
+    partial = page.eval_on_selector("#bar", "el => el.value")
+    assert 0 < partial < 100
 
     page.wait_for_selector("#download:not([hidden])", timeout=60_000)
     assert page.text_content("#progress").startswith("5,000 of 5,000 rows")

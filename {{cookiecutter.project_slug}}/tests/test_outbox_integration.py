@@ -32,7 +32,16 @@ from {{ cookiecutter.project_slug }}.outbox.models import OutboxMessage
 from {{ cookiecutter.project_slug }}.payments.models import Order, SandboxCharge
 from {{ cookiecutter.project_slug }}.users.models import PasswordResetRequest
 
-from .conftest import ROOT, _missing, _test_database_url, free_port, start_process, stop_processes, wait_for
+from .conftest import (
+    NODE_PREFIX,
+    ROOT,
+    _missing,
+    _test_database_url,
+    free_port,
+    start_process,
+    stop_processes,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 PROCESSES = ("worker-high", "worker-export", "outbox-relay", "web")
@@ -86,6 +95,7 @@ def stack(django_db_setup, django_db_blocker, transactional_db, tmp_path):
         "WORKER_HIGH_CONCURRENCY": "1",
         "WORKER_EXPORT_CONCURRENCY": "1",
         "OUTBOX_RELAY_INTERVAL": "0.5",
+        "WORKER_NODE_PREFIX": NODE_PREFIX,
         # The Procfile says "python": make that this interpreter, as an activated venv would.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
@@ -94,7 +104,7 @@ def stack(django_db_setup, django_db_blocker, transactional_db, tmp_path):
     # Not the current app: the project's shared tasks must stay bound to config.celery_app.
     control = Celery("outage", broker=broker.url, set_as_current=False).control
     try:
-        hosts = {f"{name.removeprefix('worker-')}@{socket.gethostname()}" for name in PROCESSES[:2]}
+        hosts = {f"{NODE_PREFIX}{name.removeprefix('worker-')}@{socket.gethostname()}" for name in PROCESSES[:2]}
 
         def ready():
             for name, process in processes.items():

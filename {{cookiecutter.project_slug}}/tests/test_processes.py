@@ -132,6 +132,12 @@ def test_worker_command_is_built_from_the_topology():
         assert f"worker.soft_shutdown_timeout={pool.soft_shutdown_timeout}" in argv
 
 
+def test_worker_node_names_can_be_prefixed():
+    # The test suite's pools, so that they never answer for (or as) a running make dev.
+    argv = build_command("worker-high", environ={"WORKER_NODE_PREFIX": "test-42-"})
+    assert "--hostname=test-42-high@%h" in argv
+
+
 def test_worker_concurrency_can_be_overridden_per_pool():
     argv = build_command("worker-high", environ={"WORKER_HIGH_CONCURRENCY": "2"})
     assert "--concurrency=2" in argv

@@ -1,5 +1,6 @@
 """Settings shared by every environment. Values come from the environment (12-factor)."""
 
+from email.headerregistry import Address
 from pathlib import Path
 
 import environ
@@ -21,11 +22,20 @@ if (BASE_DIR / ".env").is_file():
 # GENERAL
 # ------------------------------------------------------------------------------
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
-TIME_ZONE = "{{ cookiecutter.timezone }}"
+TIME_ZONE = {{ cookiecutter.timezone | py }}
 LANGUAGE_CODE = "en-us"
 USE_I18N = True
 USE_TZ = True
 SITE_URL = env("SITE_URL", default="http://localhost:8000")
+# The human-readable name (page titles, the navigation bar, the sender of emails) and the
+# production domain, as answered when the project was baked. SITE_NAME in the environment
+# overrides the name. (It is not env()'s default=: django-environ reads a default that
+# starts with "$" as the name of another variable.)
+PROJECT_NAME = {{ cookiecutter.project_name | py }}
+SITE_NAME = env("SITE_NAME", default="") or PROJECT_NAME
+DOMAIN_NAME = {{ cookiecutter.domain_name | py }}
+# The password `manage.py seed_demo_data` gives the `demo` account it creates.
+DEMO_PASSWORD = env("DEMO_PASSWORD", default="demo")
 
 # ------------------------------------------------------------------------------
 # DATABASES
@@ -33,8 +43,10 @@ SITE_URL = env("SITE_URL", default="http://localhost:8000")
 # https://docs.djangoproject.com/en/5.2/ref/settings/#databases
 # Postgres in compose, CI and production; SQLite only as a native-development fallback.
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
-# Keep connections open between requests and tasks, and check them before reuse:
-# a worker that outlives a database restart must not fail its next task.
+# Keep connections open between requests and between tasks, and check them before reuse:
+# a worker that outlives a database restart must not fail its next task. In the workers
+# this takes two more settings than in web: CELERY_DB_REUSE_MAX below, and the task
+# signal handlers in config/celery_app.py (close_old_database_connections).
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -64,6 +76,7 @@ INSTALLED_APPS = DJANGO_APPS + THIRD_PARTY_APPS + LOCAL_APPS
 
 AUTH_USER_MODEL = "users.User"
 LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/"
 
 # ------------------------------------------------------------------------------
 # HTTP
@@ -92,6 +105,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "{{ cookiecutter.project_slug }}.core.context_processors.site",
             ],
         },
     },
@@ -108,6 +122,8 @@ AUTH_PASSWORD_VALIDATORS = [
 # ------------------------------------------------------------------------------
 STATIC_URL = "/static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# The site's own CSS and the vendored Pico CSS (static/vendor/pico/README.md): no CDN, no build step.
+STATICFILES_DIRS = [APPS_DIR / "static"]
 MEDIA_URL = "/media/"
 MEDIA_ROOT = env.path("DJANGO_MEDIA_ROOT", default=str(BASE_DIR / "media"))
 STORAGES = {
@@ -119,7 +135,9 @@ STORAGES = {
 # EMAIL
 # ------------------------------------------------------------------------------
 EMAIL_BACKEND = env("DJANGO_EMAIL_BACKEND", default="django.core.mail.backends.smtp.EmailBackend")
-DEFAULT_FROM_EMAIL = env("DJANGO_DEFAULT_FROM_EMAIL", default="{{ cookiecutter.project_name }} <noreply@{{ cookiecutter.domain_name }}>")
+# From: the site's name, noreply@ the domain. Address quotes the name where it needs it, so
+# that commas, colons and quotes in it still make one valid address (Django encodes accents).
+DEFAULT_FROM_EMAIL = env("DJANGO_DEFAULT_FROM_EMAIL", default="") or str(Address(SITE_NAME, "noreply", DOMAIN_NAME))
 # Fail fast: a hung SMTP server must not eat the whole task time limit.
 EMAIL_TIMEOUT = 10
 
@@ -212,6 +230,15 @@ LOGGING = {
 # Redis keeps task results, metrics and the sandbox provider's ledger whichever
 # broker carries the tasks (see BROKER below).
 REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
+
+# Celery's Django fixup closes every database connection before and after each task,
+# whatever CONN_MAX_AGE says (celery/celery#4116; a change that honoured it was reverted
+# in Celery 5.6, celery/celery#9824): every task paid for a new PostgreSQL connection,
+# most of a short task's cost. With DB_REUSE_MAX the fixup closes them only every that
+# many tasks per pool child (a bound on a connection's life, with CONN_MAX_AGE);
+# close_old_database_connections (config/celery_app.py) does what Django does around a
+# request, so that a broken or expired connection is replaced before a task uses it.
+CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#result-backend
 CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND", default=REDIS_URL)

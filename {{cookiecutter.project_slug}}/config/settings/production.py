@@ -1,11 +1,34 @@
 """Production: everything from the environment, nothing insecure by default."""
 
-from .base import *  # noqa: F403
-from .base import DATABASES, env
+from django.core.exceptions import ImproperlyConfigured
 
-SECRET_KEY = env("DJANGO_SECRET_KEY")
-ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["{{ cookiecutter.domain_name }}"])
+from .base import *  # noqa: F403
+from .base import DATABASES, DOMAIN_NAME, env
+
+# docker-compose.production.yml loads these files into every container (env_file).
+# Anywhere else (a shell on the host, `manage.py check --deploy` before a deploy), load
+# them yourself first; required() says so when a variable is missing.
+ENV_FILES = (".envs/.production/.django", ".envs/.production/.postgres")
+
+
+def required(name: str) -> str:
+    """The value of an environment variable production cannot start without."""
+    try:
+        return env(name)
+    except ImproperlyConfigured:
+        sources = " ".join(f". {path};" for path in ENV_FILES)
+        raise ImproperlyConfigured(
+            f"{name} is not set. Production settings read everything from the environment: "
+            f"docker compose -f docker-compose.production.yml loads {' and '.join(ENV_FILES)} for you; "
+            f"in a shell, load them first:  set -a; {sources} set +a"
+        ) from None
+
+
+SECRET_KEY = required("DJANGO_SECRET_KEY")
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=[DOMAIN_NAME])
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+# An account seed_demo_data creates on a public site gets a random password.
+DEMO_PASSWORD = env("DEMO_PASSWORD", default="")
 
 # ------------------------------------------------------------------------------
 # SECURITY
@@ -15,7 +38,7 @@ SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=True)
 SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True
-CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=["https://{{ cookiecutter.domain_name }}"])
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[f"https://{DOMAIN_NAME}"])
 # Start low and raise to a year (31536000) once HTTPS works everywhere.
 SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=60)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
@@ -32,7 +55,7 @@ STORAGES = {
     "default": {
         "BACKEND": "storages.backends.s3.S3Storage",
         "OPTIONS": {
-            "bucket_name": env("DJANGO_AWS_STORAGE_BUCKET_NAME"),
+            "bucket_name": required("DJANGO_AWS_STORAGE_BUCKET_NAME"),
             "region_name": env("DJANGO_AWS_S3_REGION_NAME", default=None),
             "file_overwrite": False,
             "default_acl": "private",

@@ -5,8 +5,34 @@ eager mode off and talk to real worker pools started from the Procfile, which lo
 these same settings (they get the test database through ``DATABASE_URL``).
 """
 
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
 from .base import *  # noqa: F403
-from .base import env
+from .base import CELERY_BROKER_URL, CELERY_RESULT_BACKEND, REDIS_URL, env
+
+# Tests never share Redis with a running `make dev`. Everything they write (queues,
+# results, metrics, the sandbox provider's keys, locks) goes to a database of their
+# own on REDIS_URL's server: TEST_REDIS_DB, 15 unless set. Redis scopes Celery's
+# broadcasts (ping, inspect, events) by database too. tests/redis_database.py checks
+# that the database is the suite's before the first test and empties it after the last.
+DEVELOPMENT_REDIS_URL = REDIS_URL
+TEST_REDIS_DB = env.int("TEST_REDIS_DB", default=15)
+
+
+def on_test_database(url: str) -> str:
+    """``url`` with its Redis database replaced by TEST_REDIS_DB; other URLs (amqp://) unchanged."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":  # unix:///run/redis.sock?db=0
+        query = [(key, value) for key, value in parse_qsl(parts.query) if key != "db"]
+        return f"unix://{parts.netloc}{parts.path}?{urlencode([*query, ('db', TEST_REDIS_DB)])}"
+    if parts.scheme not in ("redis", "rediss"):
+        return url
+    return parts._replace(path=f"/{TEST_REDIS_DB}").geturl()
+
+
+REDIS_URL = on_test_database(REDIS_URL)
+CELERY_RESULT_BACKEND = on_test_database(CELERY_RESULT_BACKEND)
+CELERY_BROKER_URL = on_test_database(CELERY_BROKER_URL)
 
 SECRET_KEY = env("DJANGO_SECRET_KEY", default="test-only-secret-key-not-for-production")
 ALLOWED_HOSTS = ["testserver", "localhost", "127.0.0.1"]

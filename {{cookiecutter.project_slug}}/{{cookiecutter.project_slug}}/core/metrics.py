@@ -9,11 +9,15 @@ the web process exports them, with the current queue depths, at ``/metrics``
     celery_queue_depth{queue}              messages waiting, asked of the broker
     celery_task_runs_total{task,outcome}   runs by outcome (success, failure, retry)
     celery_task_duration_seconds_total{task}  time spent running the task
+
+Each canary sample is also kept in a short list per queue (the last
+HISTORY_LENGTH), for the operations page's latency charts.
 """
 
 import base64
 import hmac
 import logging
+import time
 
 from django.conf import settings
 from django.http import HttpResponse
@@ -27,6 +31,10 @@ from .redis_client import shared_redis
 logger = logging.getLogger(__name__)
 
 RUNS, SECONDS, LATENCY = "metrics:task_runs", "metrics:task_seconds", "metrics:queue_latency"
+# One list per queue ("metrics:queue_latency_history:<queue>"), newest first,
+# capped: one canary a minute, so the last hour. Prometheus keeps the long history.
+HISTORY = "metrics:queue_latency_history:"
+HISTORY_LENGTH = 60
 
 
 store = shared_redis  # where the metrics live
@@ -39,12 +47,24 @@ def record_task(name: str, outcome: str, duration: float) -> None:
         pipe.execute()
 
 
-def record_latency(queue: str, seconds: float) -> None:
-    store().hset(LATENCY, queue, seconds)
+def record_latency(queue: str, seconds: float, at: float | None = None) -> None:
+    """The canary's sample: the gauge's last value, and the capped history (``at``: when, Unix time)."""
+    at = time.time() if at is None else at
+    with store().pipeline() as pipe:
+        pipe.hset(LATENCY, queue, seconds)
+        pipe.lpush(HISTORY + queue, f"{at:.3f} {seconds:.6f}")
+        pipe.ltrim(HISTORY + queue, 0, HISTORY_LENGTH - 1)  # a list that never grows past the cap
+        pipe.execute()
 
 
 def latencies() -> dict[str, float]:
     return {key.decode(): float(value) for key, value in store().hgetall(LATENCY).items()}
+
+
+def latency_history(queue: str) -> list[tuple[float, float]]:
+    """The last HISTORY_LENGTH canary samples of ``queue``, oldest first: (Unix time, seconds waited)."""
+    samples = [item.decode().split() for item in store().lrange(HISTORY + queue, 0, -1)]
+    return [(float(at), float(seconds)) for at, seconds in reversed(samples)]
 
 
 def queue_depths() -> dict[str, int]:

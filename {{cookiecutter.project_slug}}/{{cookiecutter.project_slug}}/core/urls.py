@@ -5,5 +5,6 @@ from .metrics import metrics_view
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("operations/", views.operations, name="operations"),
     path("metrics", metrics_view, name="metrics"),
 ]

@@ -75,6 +75,21 @@ class ExportJob(models.Model):
     def is_active(self) -> bool:
         return self.status in self.ACTIVE
 
+    # --8<-- [start:is-stalled]
+    @property
+    def is_stalled(self) -> bool:
+        """RUNNING, but no runner holds a live lease: its worker was killed, hangs, or was stopped.
+
+        Nobody is writing, so the ETA means nothing. The job is not lost: the
+        watchdog (every minute) sends it again, or the requeued message comes
+        back, and the next runner resumes from the checkpoint. A lease released
+        with a future expiry (a retry on its way, see ``release``) is not a stall.
+        """
+        if self.status != self.Status.RUNNING:
+            return False
+        return self.lease_expires_at is None or self.lease_expires_at <= timezone.now()
+        # --8<-- [end:is-stalled]
+
     def window(self) -> tuple[datetime | None, datetime | None]:
         """The date range as [start, end) instants, for the row queries."""
 

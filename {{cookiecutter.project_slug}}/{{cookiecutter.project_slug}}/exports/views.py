@@ -85,20 +85,26 @@ def cancel_export(request, pk):
 # --8<-- [start:progress]
 @login_required
 def export_progress(request, pk):
-    """What the progress bar polls: rows done of total, rate, ETA, download link, or why it failed."""
+    """What the progress bar polls: rows done of total, rate, ETA, download link, or why it failed.
+
+    A stalled job (its runner died: ``ExportJob.is_stalled``) has no ETA: nobody
+    is writing, and the rate only falls until a new runner resumes it.
+    """
     job = own_job(request, pk)
     elapsed = ((job.finished_at or timezone.now()) - job.started_at).total_seconds() if job.started_at else 0
     rate = job.processed_rows / elapsed if elapsed > 0 else 0.0
     remaining = max((job.total_rows or 0) - job.processed_rows, 0)
     done = job.status == ExportJob.Status.COMPLETED
+    stalled = job.is_stalled
     return JsonResponse(
         {
             "status": job.status,
+            "stalled": stalled,
             "processed_rows": job.processed_rows,
             "total_rows": job.total_rows,
             "percent": 100.0 if done else round(job.progress * 100, 1),
             "rows_per_second": round(rate),
-            "eta_seconds": 0 if done else (round(remaining / rate) if rate else None),
+            "eta_seconds": 0 if done else (round(remaining / rate) if rate and not stalled else None),
             "download_url": reverse("exports:download", args=[job.pk]) if done else None,
             "error": job.error if job.status == ExportJob.Status.FAILED else "",
         }

@@ -1,4 +1,5 @@
 import uuid
+from decimal import Decimal
 
 from django.conf import settings
 from django.db import models
@@ -67,6 +68,16 @@ class Order(models.Model):
 
     def __str__(self):
         return f"Order {self.pk} ({self.status})"
+
+    @property
+    def amount(self) -> Decimal:
+        """The amount in the currency's main unit (every currency we take has cents)."""
+        return Decimal(self.amount_cents) / 100
+
+    @property
+    def is_retrying(self) -> bool:
+        """PROCESSING again after an attempt that did not settle (a timeout, the provider down)."""
+        return self.status == self.Status.PROCESSING and self.payment_attempts > 1
 
     def move_to(self, status: str) -> None:
         if status not in self.TRANSITIONS[self.status]:

@@ -95,6 +95,13 @@ def dispatch_payment(order: Order) -> None:
 
 
 @login_required
+def order_list(request):
+    """The signed-in customer's latest orders and how each payment stands."""
+    orders = Order.objects.filter(user=request.user).order_by("-created_at")[:50]
+    return render(request, "payments/orders.html", {"orders": orders})
+
+
+@login_required
 def order_detail(request, pk):
     order = get_object_or_404(Order, pk=pk, user=request.user)
     return render(request, "payments/order.html", {"order": order})

@@ -1,10 +1,13 @@
 import random
+import secrets
 from datetime import timedelta
 from decimal import Decimal
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import connection, transaction
+from django.urls import reverse
 from django.utils import timezone
 
 from {{ cookiecutter.project_slug }}.exports.models import Transaction
@@ -15,19 +18,25 @@ CURRENCIES = ["EUR", "USD", "GBP"]
 
 
 class Command(BaseCommand):
-    help = "Create (or top up) the user 'demo' with N transactions and M unpaid orders."
+    help = "Create (or top up) the user 'demo' with N transactions and M unpaid orders; print how to log in."
 
     def add_arguments(self, parser):
         parser.add_argument("--transactions", type=int, default=10_000, metavar="N")
         parser.add_argument("--orders", type=int, default=10, metavar="M")
         parser.add_argument("--seed", type=int, default=42, help="random seed, for repeatable data")
+        parser.add_argument("--password", help="set the demo user's password (default: DEMO_PASSWORD, or random)")
 
-    def handle(self, *args, transactions, orders, seed, **options):
+    def handle(self, *args, transactions, orders, seed, password, **options):
         rng = random.Random(seed)  # noqa: S311 (demo data, not secrets)
         user, created = get_user_model().objects.get_or_create(username="demo", defaults={"email": "demo@example.com"})
-        if created:
-            user.set_password("demo")
+        if created or password:
+            # DEMO_PASSWORD is "demo" in development; production settings leave it empty, so
+            # an account seeded on a public site gets a random password, shown only here.
+            password = password or settings.DEMO_PASSWORD or secrets.token_urlsafe(12)
+            user.set_password(password)
             user.save(update_fields=["password"])
+        elif settings.DEMO_PASSWORD and user.check_password(settings.DEMO_PASSWORD):
+            password = settings.DEMO_PASSWORD
 
         missing = max(transactions - Transaction.objects.filter(user=user).count(), 0)
         rows = self._transaction_rows(user.pk, missing, rng)
@@ -44,6 +53,11 @@ class Command(BaseCommand):
             f"demo owns {Transaction.objects.filter(user=user).count()} transactions "
             f"and {Order.objects.filter(user=user).exclude(status=Order.Status.PAID).count()} unpaid orders"
         )
+        login = f"{settings.SITE_URL.rstrip('/')}{reverse('login')}"
+        if password:
+            self.stdout.write(self.style.SUCCESS(f"Log in at {login} as demo, password: {password}"))
+        else:
+            self.stdout.write(f"Log in at {login} as demo (password unchanged; --password sets a new one)")
 
     @staticmethod
     def _transaction_rows(user_id, count, rng):
