@@ -79,6 +79,7 @@ def baked_project(database: str, redis_db: int, broker: str = "redis", **extra_e
         yield project
     finally:
         subprocess.run(["dropdb", *POSTGRES, "--if-exists", database], check=False, capture_output=True)
+        subprocess.run(["redis-cli", "-n", str(redis_db), "flushdb"], check=False, capture_output=True)
         if broker == "rabbitmq":
             subprocess.run(["rabbitmqctl", "-q", "delete_vhost", database], check=False, capture_output=True)
         shutil.rmtree(workdir, ignore_errors=True)

@@ -1,67 +1,206 @@
-"""Task overhead: round trip of a near no-op task on `high`, and one pool's throughput.
+"""Task overhead: the baked worker-high beside bare Celery, and what each of its settings costs.
 
-    .venv/bin/python benchmarks/overhead.py [--round-trips 300] [--burst 2000] [--broker redis|rabbitmq]
+    .venv/bin/python benchmarks/overhead.py [--round-trips 300] [--burst 2000]
+                                            [--brokers redis,rabbitmq] [--rounds 1] [--no-ablation]
 
-The task is the password-reset email for a user id that does not exist: it looks
-the user up, logs, and returns, so what is measured is Celery, Redis and the
-worker, not the work. Round trip = delay() to result available (result backend
-Redis; broker Redis or RabbitMQ with the template's quorum queues and publisher
-confirms). Throughput = a burst sent at once, drained by worker-high (4 processes).
-Not part of the test suite.
+Every row is one worker of 4 prefork processes on the queue the task is routed to,
+started fresh, on the same broker and the same Redis result backend, in one run:
+
+* ``bare Celery``: ``Celery(broker, backend)`` and a task that returns None, Celery's
+  defaults otherwise (prefetch multiplier 4, early acks, no events, no database).
+* ``ours``: the baked project's ``python -m config.worker worker-high`` running the
+  password-reset task for a user that does not exist (one indexed lookup, a log line,
+  return): everything the template adds, with nothing to do.
+* the ablation rows: ``ours`` with one setting switched off (or on) at a time, through a
+  settings module written next to the project's own, so that each row shows what
+  that setting costs. ``prefetch 4`` is the many-tiny-tasks profile of item 4.
+
+Round trip = ``delay()`` to the result available; throughput = a burst sent at once
+and drained. Logs at INFO (as in production) to /dev/null. Not part of the test suite.
 """
 
 import argparse
 import json
 import os
 import signal
-import time
+import statistics
+import subprocess
+from dataclasses import dataclass
 
 from baked import baked_project
 
+# The load, run as a client in the project's directory (Django set up for "ours").
 LOAD = """
-import json, statistics, time
-from {slug}.users.tasks import send_password_reset_email as task
-for _ in range(20):
-    task.delay(0).get(timeout=30)  # warm up every worker process
+import json, sys, time
+{setup}
+task = {task}
+for _ in range(40):
+    task.apply_async((0,), ignore_result=False).get(timeout=60)  # every pool process warm
 rtts = []
 for _ in range({round_trips}):
     start = time.perf_counter()
-    task.delay(0).get(timeout=30)
+    task.apply_async((0,), ignore_result=False).get(timeout=30)
     rtts.append(time.perf_counter() - start)
 start = time.perf_counter()
-results = [task.delay(0) for _ in range({burst})]
+results = [task.apply_async((0,), ignore_result=False) for _ in range({burst})]
+sent = time.perf_counter() - start
 for result in results:
     result.get(timeout=300)
-elapsed = time.perf_counter() - start
-print(json.dumps({{"rtts": rtts, "burst_seconds": elapsed}}))
+print(json.dumps({{"rtts": rtts, "burst_seconds": time.perf_counter() - start, "send_seconds": sent}}))
 """
+
+OURS_SETUP = "import django; django.setup()\nfrom {slug}.users.tasks import send_password_reset_email"
+OURS_TASK = "send_password_reset_email"
+
+# Bare Celery: nothing but the broker and the result backend the baked project uses.
+BARE_APP = """
+import os
+from celery import Celery
+
+app = Celery("bare", broker=os.environ["CELERY_BROKER_URL"], backend=os.environ["CELERY_RESULT_BACKEND"])
+app.conf.task_default_queue = "bare-high"  # its own queue: RabbitMQ's "high" is a quorum queue
+
+
+@app.task
+def noop(user_id):
+    return None
+"""
+
+
+@dataclass(frozen=True)
+class Variant:
+    label: str
+    settings: str = ""  # Python appended to a copy of config/settings/local.py
+    env: tuple = ()  # extra environment of the worker and the client
+    prefetch: int | None = None  # the pool's prefetch multiplier instead of its profile's
+
+
+# What "ours" turns on beyond bare Celery, each switched off in turn.
+ABLATION = [
+    Variant(
+        "- events (worker and sent)", "CELERY_WORKER_SEND_TASK_EVENTS = False\nCELERY_TASK_SEND_SENT_EVENT = False"
+    ),
+    Variant("- track started", "CELERY_TASK_TRACK_STARTED = False"),
+    Variant("- extended results", "CELERY_RESULT_EXTENDED = False"),
+    Variant("- late acks", "CELERY_TASK_ACKS_LATE = False"),
+    Variant("- connection health checks", "DATABASES['default']['CONN_HEALTH_CHECKS'] = False"),
+    Variant(
+        "- metrics write",
+        "from celery.signals import worker_init\n\n"
+        "@worker_init.connect\ndef _no_metrics(**kwargs):\n"
+        "    from {slug}.core import metrics\n"
+        "    metrics.record_task = lambda *args: None",
+    ),
+    Variant("- run-log line", "LOGGING['loggers'] = {{'tasks': {{'level': 'WARNING'}}}}"),
+    Variant("- connection reuse (Celery's default)", env=(("CELERY_DB_REUSE_MAX", "0"),)),
+    Variant("+ prefetch 4 (many tiny tasks)", prefetch=4),
+    Variant(
+        "- all the above settings",
+        "CELERY_WORKER_SEND_TASK_EVENTS = False\nCELERY_TASK_SEND_SENT_EVENT = False\n"
+        "CELERY_TASK_TRACK_STARTED = False\nCELERY_RESULT_EXTENDED = False\n"
+        "CELERY_TASK_ACKS_LATE = False\nDATABASES['default']['CONN_HEALTH_CHECKS'] = False\n"
+        "LOGGING['loggers'] = {{'tasks': {{'level': 'WARNING'}}}}\n"
+        "from celery.signals import worker_init\n\n"
+        "@worker_init.connect\ndef _no_metrics(**kwargs):\n"
+        "    from {slug}.core import metrics\n"
+        "    metrics.record_task = lambda *args: None",
+        prefetch=4,
+    ),
+]
+
+
+@dataclass
+class Figures:
+    p50: float
+    p99: float
+    rate: float
+
+    @classmethod
+    def of(cls, result: dict, burst: int) -> "Figures":
+        rtts = sorted(result["rtts"])
+        p99 = rtts[min(int(len(rtts) * 0.99), len(rtts) - 1)]
+        return cls(statistics.median(rtts) * 1000, p99 * 1000, burst / result["burst_seconds"])
+
+
+def stop(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def measure(project, worker: list[str], setup: str, task: str, env: dict, options) -> Figures:
+    """Start ``worker``, run the load against it, kill it; the figures of that one run."""
+    env = project.env | env
+    process = subprocess.Popen(worker, cwd=project.path, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        code = LOAD.format(setup=setup, task=task, round_trips=options.round_trips, burst=options.burst)
+        result = subprocess.run(["python", "-c", code], cwd=project.path, env=env, capture_output=True,
+                                text=True, timeout=900, check=False)  # fmt: skip
+        if result.returncode:
+            raise RuntimeError(f"the load failed:\n{result.stdout}\n{result.stderr}")
+    finally:
+        stop(process)
+    project.sh("python", "-m", "celery", "-A", "config.celery_app", "purge", "-f")
+    return Figures.of(json.loads(result.stdout.splitlines()[-1]), options.burst)
+
+
+def run_broker(broker: str, options) -> list[tuple[str, Figures]]:
+    rows: dict[str, list[Figures]] = {}
+    extra = {"DJANGO_LOG_LEVEL": "INFO", "CELERY_LOG_LEVEL": "INFO"}
+    with baked_project(f"blueprint_overhead_{broker}", redis_db=11, broker=broker, **extra) as project:
+        slug = project.slug
+        (project.path / "bare_app.py").write_text(BARE_APP)
+        local = (project.path / "config" / "settings" / "local.py").read_text()
+        bare_env = {
+            "CELERY_BROKER_URL": project.env.get("CELERY_BROKER_URL", project.env["REDIS_URL"]),
+            "CELERY_RESULT_BACKEND": project.env["REDIS_URL"],
+        }
+        variants = [Variant("ours")] + (ABLATION if options.ablation else [])
+        for _ in range(options.rounds):
+            rows.setdefault("bare Celery", []).append(measure(
+                project, ["python", "-m", "celery", "-A", "bare_app", "worker", "--concurrency=4",
+                          "--loglevel=INFO", "--hostname=bare@%h"],
+                "from bare_app import noop", "noop", bare_env, options))  # fmt: skip
+            for number, variant in enumerate(variants):
+                env = dict(variant.env)
+                if variant.settings:
+                    module = f"bench_{number}"
+                    body = local + "\n\n# benchmarks/overhead.py\n" + variant.settings.format(slug=slug) + "\n"
+                    (project.path / "config" / "settings" / f"{module}.py").write_text(body)
+                    env["DJANGO_SETTINGS_MODULE"] = f"config.settings.{module}"
+                worker = project.sh("python", "-m", "config.worker", "worker-high", "--print").stdout.split()
+                if variant.prefetch:
+                    worker = [f"--prefetch-multiplier={variant.prefetch}" if arg.startswith("--prefetch-multiplier")
+                              else arg for arg in worker]  # fmt: skip
+                setup = OURS_SETUP.format(slug=slug)
+                rows.setdefault(variant.label, []).append(measure(project, worker, setup, OURS_TASK, env, options))
+    # Several rounds: each figure is the median of its rounds.
+    return [
+        (label, Figures(*(statistics.median(getattr(f, name) for f in runs) for name in ("p50", "p99", "rate"))))
+        for label, runs in rows.items()
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--round-trips", type=int, default=300)
     parser.add_argument("--burst", type=int, default=2000)
-    parser.add_argument("--broker", choices=["redis", "rabbitmq"], default="redis")
+    parser.add_argument("--brokers", default="redis,rabbitmq")
+    parser.add_argument("--rounds", type=int, default=1, help="measure every row this many times (median)")
+    parser.add_argument("--no-ablation", dest="ablation", action="store_false")
     options = parser.parse_args()
 
-    with baked_project("blueprint_overhead", redis_db=11, broker=options.broker, DJANGO_LOG_LEVEL="ERROR") as project:
-        worker = project.popen("python", "-m", "config.worker", "worker-high")
-        try:
-            time.sleep(8)
-            code = LOAD.format(slug=project.slug, round_trips=options.round_trips, burst=options.burst)
-            result = json.loads(
-                project.sh("python", "manage.py", "shell", "-c", code, timeout=900).stdout.splitlines()[-1]
-            )
-        finally:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
-
-    rtts = sorted(result["rtts"])
-    p50, p99 = rtts[len(rtts) // 2], rtts[min(int(len(rtts) * 0.99), len(rtts) - 1)]
-    broker = "Redis" if options.broker == "redis" else "RabbitMQ (quorum queues, confirms)"
-    print(f"\nNear no-op task on worker-high (4 processes), {os.cpu_count()} cores, {broker} broker, Redis results\n")
-    print(f"round trip (delay -> result), {len(rtts)} calls: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
-    print(f"throughput, burst of {options.burst}: {options.burst / result['burst_seconds']:,.0f} tasks/s")
+    for broker in options.brokers.split(","):
+        rows = run_broker(broker, options)
+        bare = rows[0][1]
+        name = {"redis": "Redis", "rabbitmq": "RabbitMQ (quorum queues, confirms)"}[broker]
+        print(f"\n{name} broker, Redis results; one pool of 4 processes; {os.cpu_count()} cores; "
+              f"{options.round_trips} round trips, burst of {options.burst}; {options.rounds} round(s)\n")  # fmt: skip
+        print("| worker | round trip p50 | p99 | burst | p50 vs bare | burst vs bare |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for label, f in rows:
+            print(f"| {label} | {f.p50:.1f} ms | {f.p99:.1f} ms | {f.rate:,.0f} tasks/s "
+                  f"| {f.p50 / bare.p50:.2f}x | {f.rate / bare.rate:.0%} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -100,10 +100,37 @@ def reachable(address) -> bool:
         return False
 
 
+def baked_suites_redis_database() -> int:
+    """The Redis database the baked suites run in (their TEST_REDIS_DB), chosen once per run.
+
+    The baked project's default, 15, when it is empty; otherwise the highest empty one
+    above 0 (0 is what a developer's `make dev` uses): a baked suite refuses a database
+    holding keys no test run wrote, and something else on this machine (another
+    project, a process left over from an interrupted run) may be using 15. TEST_REDIS_DB
+    in the environment wins. Unreachable Redis: 15 (the tests that need Redis say so).
+    """
+    if "TEST_REDIS_DB" in os.environ:
+        return int(os.environ["TEST_REDIS_DB"])
+    try:
+        used = redis.Redis(*REDIS, socket_timeout=5, socket_connect_timeout=2).info("keyspace")
+    except redis.RedisError:
+        return 15
+    for db in range(15, 0, -1):
+        if f"db{db}" not in used:
+            return db
+    raise pytest.UsageError(f"every Redis database on port {REDIS[1]} holds keys: set TEST_REDIS_DB to one to use")
+
+
+def pytest_configure(config):
+    # Before any test: every baked project the suite runs (they inherit this environment).
+    os.environ["TEST_REDIS_DB"] = str(baked_suites_redis_database())
+
+
 # Redis databases on REDIS_PORT the suite must leave as it found them: 0, what a
-# developer's `make dev` uses, and 15, where the baked suites run their tests
-# (their TEST_REDIS_DB). The drills and the compose suite run Redis servers of their own.
-WATCHED_REDIS_DATABASES = (0, 15)
+# developer's `make dev` uses, and the baked suites' TEST_REDIS_DB. The drills and
+# the compose suite run Redis servers of their own.
+def watched_redis_databases() -> tuple[int, ...]:
+    return (0, int(os.environ["TEST_REDIS_DB"]))
 
 
 def redis_snapshot(client: redis.Redis) -> set[bytes]:
@@ -115,7 +142,7 @@ def redis_snapshot(client: redis.Redis) -> set[bytes]:
 def leaves_redis_as_it_found_it():
     """Fail the run if it left keys or unacknowledged messages that a later `make dev` would meet."""
     clients = {
-        db: redis.Redis(*REDIS, db=db, socket_timeout=10, socket_connect_timeout=2) for db in WATCHED_REDIS_DATABASES
+        db: redis.Redis(*REDIS, db=db, socket_timeout=10, socket_connect_timeout=2) for db in watched_redis_databases()
     }
     try:
         before = {db: redis_snapshot(client) for db, client in clients.items()}

@@ -8,6 +8,8 @@ and compose run the same commands. Here we run that test module against every
 bake, and show that it does catch a broken file.
 """
 
+import re
+
 import pytest
 import yaml
 
@@ -47,4 +49,6 @@ def test_semantic_check_catches_a_broken_compose_file(cookies, breakage):
     (path / "docker-compose.yml").write_text(yaml.safe_dump(compose))
 
     result = run(["python", "-m", "pytest", "tests/test_processes.py", "-q", "-p", "no:cacheprovider"], path)
+    # A test failed (exit code 1 and a summary naming it), not the run refused to start.
     assert result.returncode == 1, result.stdout
+    assert re.search(r"^FAILED tests/test_processes\.py::", result.stdout, re.MULTILINE), result.stdout
