@@ -7,7 +7,9 @@ Every row is one worker of 4 prefork processes on the queue the task is routed t
 started fresh, on the same broker and the same Redis result backend, in one run:
 
 * ``bare Celery``: ``Celery(broker, backend)`` and a task that returns None, Celery's
-  defaults otherwise (prefetch multiplier 4, early acks, no events, no database).
+  defaults otherwise (prefetch multiplier 4, early acks, no events, no database);
+  ``ours, a no-op task`` is the same no-op through the project's task class, routes
+  and settings: the like-for-like comparison.
 * ``ours``: the baked project's ``python -m config.worker worker-high`` running the
   password-reset task for a user that does not exist (one indexed lookup, a log line,
   return): everything the template adds, with nothing to do.
@@ -16,7 +18,10 @@ started fresh, on the same broker and the same Redis result backend, in one run:
   that setting costs. ``prefetch 4`` is the many-tiny-tasks profile of item 4.
 
 Round trip = ``delay()`` to the result available; throughput = a burst sent at once
-and drained. Logs at INFO (as in production) to /dev/null. Not part of the test suite.
+and drained; CPU per task = CPU time the burst cost the worker's processes, the client
+and the Redis server, divided by the tasks (steadier than throughput on a shared
+machine; Postgres and RabbitMQ not counted). Logs at INFO (as in production) to
+/dev/null. Not part of the test suite.
 """
 
 import argparse
@@ -31,9 +36,28 @@ from baked import baked_project
 
 # The load, run as a client in the project's directory (Django set up for "ours").
 LOAD = """
-import json, sys, time
+import json, os, resource, sys, time
+import redis
 {setup}
 task = {task}
+
+
+def cpu_seconds(group):
+    # CPU used so far by the worker's processes (its process group; the reaped children
+    # count in the main process' cutime), by this client, and by the Redis server.
+    ticks = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = open(f"/proc/{{pid}}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group:
+            ticks += sum(map(int, fields[11:15 if int(pid) == group else 13]))
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    server = redis.Redis.from_url(os.environ["REDIS_URL"]).info("cpu")
+    return ticks / os.sysconf("SC_CLK_TCK") + own.ru_utime + own.ru_stime + server["used_cpu_user"] + server["used_cpu_sys"]
+
+
 for _ in range(40):
     task.apply_async((0,), ignore_result=False).get(timeout=60)  # every pool process warm
 rtts = []
@@ -41,12 +65,14 @@ for _ in range({round_trips}):
     start = time.perf_counter()
     task.apply_async((0,), ignore_result=False).get(timeout=30)
     rtts.append(time.perf_counter() - start)
+cpu = cpu_seconds({group})
 start = time.perf_counter()
 results = [task.apply_async((0,), ignore_result=False) for _ in range({burst})]
-sent = time.perf_counter() - start
 for result in results:
     result.get(timeout=300)
-print(json.dumps({{"rtts": rtts, "burst_seconds": time.perf_counter() - start, "send_seconds": sent}}))
+elapsed = time.perf_counter() - start
+cpu = cpu_seconds({group}) - cpu
+print(json.dumps({{"rtts": rtts, "burst_seconds": elapsed, "cpu_seconds": cpu}}))
 """
 
 OURS_SETUP = "import django; django.setup()\nfrom {slug}.users.tasks import send_password_reset_email"
@@ -73,14 +99,32 @@ class Variant:
     settings: str = ""  # Python appended to a copy of config/settings/local.py
     env: tuple = ()  # extra environment of the worker and the client
     prefetch: int | None = None  # the pool's prefetch multiplier instead of its profile's
+    drop: tuple = ()  # worker arguments left out (prefixes)
+    noop: bool = False  # run BENCH_TASKS' no-op (our task class, no query) instead of the reset task
 
+
+# A no-op through the project's task class and routes: ours without the task's own query.
+BENCH_TASKS = """
+from celery import shared_task
+
+
+@shared_task
+def noop(user_id):
+    return None
+"""
+NOOP_SETTINGS = (
+    "CELERY_IMPORTS = ('bench_tasks',)\nCELERY_TASK_ROUTES = {{'bench_tasks.*': 'high', **CELERY_TASK_ROUTES}}"
+)
 
 # What "ours" turns on beyond bare Celery, each switched off in turn.
 ABLATION = [
-    Variant(
-        "- events (worker and sent)", "CELERY_WORKER_SEND_TASK_EVENTS = False\nCELERY_TASK_SEND_SENT_EVENT = False"
-    ),
-    Variant("- track started", "CELERY_TASK_TRACK_STARTED = False"),
+    Variant("ours, a no-op task (no query)", NOOP_SETTINGS, noop=True),
+    Variant("- time limits", drop=("--soft-time-limit", "--time-limit")),
+    Variant("- max memory and tasks per child", drop=("--max-memory-per-child", "--max-tasks-per-child")),
+    Variant("- dead-letter consumer", "CELERY_WORKER_CONSUMER = 'celery.worker.consumer:Consumer'"),
+    Variant("- worker task events (Flower's)", "CELERY_WORKER_SEND_TASK_EVENTS = False"),
+    Variant("+ task-sent events (off in ours)", "CELERY_TASK_SEND_SENT_EVENT = True"),
+    Variant("+ track started (off in ours)", "CELERY_TASK_TRACK_STARTED = True"),
     Variant("- extended results", "CELERY_RESULT_EXTENDED = False"),
     Variant("- late acks", "CELERY_TASK_ACKS_LATE = False"),
     Variant("- connection health checks", "DATABASES['default']['CONN_HEALTH_CHECKS'] = False"),
@@ -95,9 +139,8 @@ ABLATION = [
     Variant("- connection reuse (Celery's default)", env=(("CELERY_DB_REUSE_MAX", "0"),)),
     Variant("+ prefetch 4 (many tiny tasks)", prefetch=4),
     Variant(
-        "- all the above settings",
-        "CELERY_WORKER_SEND_TASK_EVENTS = False\nCELERY_TASK_SEND_SENT_EVENT = False\n"
-        "CELERY_TASK_TRACK_STARTED = False\nCELERY_RESULT_EXTENDED = False\n"
+        "- events, extended results, late acks, checks, metrics, log; prefetch 4",
+        "CELERY_WORKER_SEND_TASK_EVENTS = False\nCELERY_RESULT_EXTENDED = False\n"
         "CELERY_TASK_ACKS_LATE = False\nDATABASES['default']['CONN_HEALTH_CHECKS'] = False\n"
         "LOGGING['loggers'] = {{'tasks': {{'level': 'WARNING'}}}}\n"
         "from celery.signals import worker_init\n\n"
@@ -114,12 +157,14 @@ class Figures:
     p50: float
     p99: float
     rate: float
+    cpu: float  # ms of CPU per task in the burst: worker processes, client and Redis server
 
     @classmethod
     def of(cls, result: dict, burst: int) -> "Figures":
         rtts = sorted(result["rtts"])
         p99 = rtts[min(int(len(rtts) * 0.99), len(rtts) - 1)]
-        return cls(statistics.median(rtts) * 1000, p99 * 1000, burst / result["burst_seconds"])
+        cpu = result["cpu_seconds"] * 1000 / burst
+        return cls(statistics.median(rtts) * 1000, p99 * 1000, burst / result["burst_seconds"], cpu)
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -133,7 +178,9 @@ def measure(project, worker: list[str], setup: str, task: str, env: dict, option
     process = subprocess.Popen(worker, cwd=project.path, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     try:
-        code = LOAD.format(setup=setup, task=task, round_trips=options.round_trips, burst=options.burst)
+        code = LOAD.format(
+            setup=setup, task=task, round_trips=options.round_trips, burst=options.burst, group=process.pid
+        )
         result = subprocess.run(["python", "-c", code], cwd=project.path, env=env, capture_output=True,
                                 text=True, timeout=900, check=False)  # fmt: skip
         if result.returncode:
@@ -150,6 +197,7 @@ def run_broker(broker: str, options) -> list[tuple[str, Figures]]:
     with baked_project(f"blueprint_overhead_{broker}", redis_db=11, broker=broker, **extra) as project:
         slug = project.slug
         (project.path / "bare_app.py").write_text(BARE_APP)
+        (project.path / "bench_tasks.py").write_text(BENCH_TASKS)
         local = (project.path / "config" / "settings" / "local.py").read_text()
         bare_env = {
             "CELERY_BROKER_URL": project.env.get("CELERY_BROKER_URL", project.env["REDIS_URL"]),
@@ -169,14 +217,17 @@ def run_broker(broker: str, options) -> list[tuple[str, Figures]]:
                     (project.path / "config" / "settings" / f"{module}.py").write_text(body)
                     env["DJANGO_SETTINGS_MODULE"] = f"config.settings.{module}"
                 worker = project.sh("python", "-m", "config.worker", "worker-high", "--print").stdout.split()
+                worker = [arg for arg in worker if not arg.startswith(variant.drop or ("-never-",))]
                 if variant.prefetch:
                     worker = [f"--prefetch-multiplier={variant.prefetch}" if arg.startswith("--prefetch-multiplier")
                               else arg for arg in worker]  # fmt: skip
-                setup = OURS_SETUP.format(slug=slug)
-                rows.setdefault(variant.label, []).append(measure(project, worker, setup, OURS_TASK, env, options))
+                setup, task = OURS_SETUP.format(slug=slug), OURS_TASK
+                if variant.noop:
+                    setup, task = "import django; django.setup()\nfrom bench_tasks import noop", "noop"
+                rows.setdefault(variant.label, []).append(measure(project, worker, setup, task, env, options))
     # Several rounds: each figure is the median of its rounds.
     return [
-        (label, Figures(*(statistics.median(getattr(f, name) for f in runs) for name in ("p50", "p99", "rate"))))
+        (label, Figures(*(statistics.median(getattr(f, name) for f in runs) for name in ("p50", "p99", "rate", "cpu"))))
         for label, runs in rows.items()
     ]
 
@@ -196,10 +247,10 @@ def main() -> None:
         name = {"redis": "Redis", "rabbitmq": "RabbitMQ (quorum queues, confirms)"}[broker]
         print(f"\n{name} broker, Redis results; one pool of 4 processes; {os.cpu_count()} cores; "
               f"{options.round_trips} round trips, burst of {options.burst}; {options.rounds} round(s)\n")  # fmt: skip
-        print("| worker | round trip p50 | p99 | burst | p50 vs bare | burst vs bare |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        print("| worker | round trip p50 | p99 | burst | CPU per task | p50 vs bare | burst vs bare |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         for label, f in rows:
-            print(f"| {label} | {f.p50:.1f} ms | {f.p99:.1f} ms | {f.rate:,.0f} tasks/s "
+            print(f"| {label} | {f.p50:.1f} ms | {f.p99:.1f} ms | {f.rate:,.0f} tasks/s | {f.cpu:.2f} ms "
                   f"| {f.p50 / bare.p50:.2f}x | {f.rate / bare.rate:.0%} |")  # fmt: skip
 
 

@@ -288,8 +288,11 @@ CELERY_TASK_RETRY_ON_WORKER_LOST = True
 # A task that raised is finished: its failure is recorded, the message is acked.
 CELERY_TASK_ACKS_ON_FAILURE_OR_TIMEOUT = True
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-track-started
-# Show STARTED in Flower and results, not just PENDING until done.
-CELERY_TASK_TRACK_STARTED = True
+# Off (Celery's default): a STARTED state would cost every task a second result
+# write (a read, a write and a publish on the result backend) and its caller a second
+# message, for a state nobody here reads. Flower shows "started" from the worker's
+# task-started event; the database rows (orders, export jobs) say how work is going.
+CELERY_TASK_TRACK_STARTED = False
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-time-limit
 # Deliberately NOT set here: a global task_time_limit is copied into every task
 # message and overrides the limits of the pool that runs it. Each pool sets its
@@ -319,10 +322,15 @@ CELERY_WORKER_ENABLE_SOFT_SHUTDOWN_ON_IDLE = False
 # Fallback memory cap (KiB); each pool sets its own.
 CELERY_WORKER_MAX_MEMORY_PER_CHILD = 250_000
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-send-task-events
-# Flower needs task events to show tasks.
-CELERY_WORKER_SEND_TASK_EVENTS = True
+# Flower needs task events to show tasks (and turns them on itself when it starts).
+# They cost the worker's main process three publishes per task; benchmarks/overhead.py
+# measures it (benchmarks/RESULTS.md). A deployment without Flower can switch them off.
+CELERY_WORKER_SEND_TASK_EVENTS = env.bool("CELERY_WORKER_SEND_TASK_EVENTS", default=True)
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-send-sent-event
-CELERY_TASK_SEND_SENT_EVENT = True
+# Off (Celery's default): a "task-sent" event would be one more publish in every
+# delay(), that is in the web request that dispatches. How long work waits in each
+# queue is measured by the latency canary (core/tasks.py), not from sent events.
+CELERY_TASK_SEND_SENT_EVENT = False
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-hijack-root-logger
 # Keep Django's LOGGING configuration in workers.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
