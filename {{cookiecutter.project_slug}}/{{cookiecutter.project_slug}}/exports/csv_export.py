@@ -33,6 +33,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -236,11 +237,20 @@ class KeysetBatch:
         self.user_id, self.after, self.size, self.use_copy, self.window = user_id, after, size, use_copy, window
         self.rows, self.last_key = 0, after
 
+    @contextmanager
     def _copy(self):
+        """The batch's COPY, its rows as they arrive.
+
+        Django's error wrapper, as around every query Django runs itself: a broken
+        connection mid-COPY (a failover, pg_terminate_backend) is Django's
+        OperationalError, which BaseTask retries from the checkpoint.
+        """
         clause, params = window_sql(self.window)
         select = (COPY_BATCH_IN_WINDOW if clause else COPY_BATCH).format(table=Transaction._meta.db_table)
         sql = "COPY (" + select + ") TO STDOUT (FORMAT csv)"
-        return sql, [self.user_id, self.after, *params, self.size]
+        params = [self.user_id, self.after, *params, self.size]
+        with connection.wrap_database_errors, connection.cursor() as cursor, cursor.cursor.copy(sql, params) as copy:
+            yield copy
 
     def _counted(self, rows: int, last_row) -> None:
         self.rows = rows
@@ -253,9 +263,8 @@ class KeysetBatch:
             for block in self:
                 write(block)
             return
-        sql, params = self._copy()
         rows, row = 0, None
-        with connection.cursor() as cursor, cursor.cursor.copy(sql, params) as copy:
+        with self._copy() as copy:
             for rows, row in enumerate(copy, 1):  # noqa: B007 (the last row is used after the loop)
                 write(row)
         self._counted(rows, row)
@@ -263,11 +272,10 @@ class KeysetBatch:
     def __iter__(self) -> Iterator[bytes]:
         """The same bytes in ~1 MiB blocks, for storages that take a file-like object."""
         if self.use_copy:
-            sql, params = self._copy()
             # COPY hands out one message per row: gather them into ~1 MiB blocks so
             # storage sees a few large writes instead of a million small ones.
             block, rows, row = bytearray(), 0, None
-            with connection.cursor() as cursor, cursor.cursor.copy(sql, params) as copy:
+            with self._copy() as copy:
                 for rows, row in enumerate(copy, 1):  # noqa: B007 (the last row is used after the loop)
                     block += row
                     if len(block) >= BLOCK_SIZE:
