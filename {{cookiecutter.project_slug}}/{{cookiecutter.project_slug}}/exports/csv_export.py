@@ -1,21 +1,25 @@
-"""The CSV export engine: keyset batches, part files, checkpoints, a lease.
+"""The CSV export engine: keyset batches, one file appended to, checkpoints, a lease.
 
 How an export survives being killed:
 
 * Rows are read in keyset batches (``id > last_key ORDER BY id LIMIT n``), never
   with OFFSET (which rescans everything before it) and never as one queryset.
-* Each batch is streamed into its own part file in storage, then a checkpoint is
-  committed: the part's name, rows and bytes done, and the last key. A runner
-  that dies mid-batch leaves at most one part that no checkpoint mentions; the
-  next runner ignores it (the "partial tail") and rewrites that batch.
+* On a local disk (FileSystemStorage) each runner appends every batch to a file
+  of its own, then commits a checkpoint: rows and bytes done, and the last key.
+  Bytes past the last checkpoint (a runner that died mid-batch) are never used:
+  the next runner starts its own file with the checkpointed prefix of the last
+  one (the "truncation" to the checkpoint), and continues from there. When no
+  rows are left, that file is the export: every byte is written once.
+* Storages that cannot append (S3) get one part file per batch instead, named in
+  the checkpoint; a part no checkpoint names (the "partial tail") is ignored and
+  that batch rewritten. When no rows are left, the parts are concatenated
+  (streamed, chunk by chunk) into the final file, and deleted.
 * Every checkpoint is conditional on the runner still holding the job's lease,
-  and renews it. A runner that lost its lease stops at its next checkpoint, so two
-  runners never both write the job; an expired lease marks a dead runner for the
-  watchdog.
+  and renews it. A runner that lost its lease stops at its next checkpoint; it
+  only ever writes files with its own id in their names, so two runners never
+  write the same file; an expired lease marks a dead runner for the watchdog.
 * Every checkpoint is also conditional on the job still being queued or running:
   a job cancelled (or failed) under a runner stops it at its next checkpoint.
-* When no rows are left, the parts are concatenated (streamed, chunk by chunk)
-  into the final file, and the parts are deleted.
 
 The result is byte-identical however many times the export was interrupted.
 On Postgres each batch is one ``COPY (SELECT ...) TO STDOUT``: the database
@@ -25,15 +29,17 @@ formats exactly the same bytes.
 
 import io
 import logging
+import os
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 
 from django.conf import settings
 from django.core.files import File
-from django.core.files.storage import default_storage
+from django.core.files.storage import FileSystemStorage, default_storage
 from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
@@ -110,13 +116,9 @@ COPY_SELECT = (
 )
 # An export of a date range also filters on created_at (two more parameters).
 IN_WINDOW = " AND created_at >= %s AND created_at < %s"
-COPY_SELECT_IN_WINDOW = COPY_SELECT.replace(" ORDER BY id", IN_WINDOW + " ORDER BY id")
-
-
-BATCH_BOUNDS = """
-    SELECT count(*), coalesce(max(id), %s)
-      FROM (SELECT id FROM {table} WHERE user_id = %s AND id > %s{window} ORDER BY id LIMIT %s) AS batch
-"""
+# A batch: the next rows after the last key, up to the batch size.
+COPY_BATCH = COPY_SELECT.replace(" AND id <= %s", "") + " LIMIT %s"
+COPY_BATCH_IN_WINDOW = COPY_BATCH.replace(" ORDER BY id", IN_WINDOW + " ORDER BY id")
 
 # [start, end) of the rows' created_at; None is an open end (ExportJob.window()).
 Window = tuple[datetime | None, datetime | None]
@@ -142,17 +144,11 @@ def window_q(window: Window) -> Q:
     return q
 
 
-def orm_lines(rows) -> Iterator[str]:
+def orm_lines(rows) -> Iterator[tuple[str, int]]:
+    """Each row as the CSV line COPY would write, with its key."""
     for pk, created_at, amount, currency, description in rows:
-        yield csv_line(
-            (
-                str(pk),
-                utc_timestamp(created_at),
-                f"{amount:.2f}",
-                neutralise(currency),
-                neutralise(description),
-            )
-        )
+        fields = (str(pk), utc_timestamp(created_at), f"{amount:.2f}", neutralise(currency), neutralise(description))
+        yield csv_line(fields), pk
 
 
 # ------------------------------------------------------------------------------
@@ -215,65 +211,123 @@ def stream_parts(names: list[str], chunk_size: int = 1 << 20) -> Iterator[bytes]
 # ------------------------------------------------------------------------------
 # Batches
 # ------------------------------------------------------------------------------
-@dataclass
-class Batch:
-    rows: int
-    last_key: int
+class Header:
+    """The first thing written: the header line, no rows."""
+
+    rows, last_key = 0, 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield HEADER_LINE
+
+    def write_to(self, write) -> None:
+        write(HEADER_LINE)
 
 
 # --8<-- [start:keyset-batches]
-def next_batch_bounds(user_id: int, after: int, size: int, use_copy: bool, window: Window = (None, None)) -> Batch:
-    """Row count and last key of the next batch: an index-only range scan."""
-    if not use_copy:
-        keys = list(
-            Transaction.objects.filter(window_q(window), user_id=user_id, pk__gt=after)
-            .order_by("pk")
-            .values_list("pk", flat=True)[:size]
-        )
-        return Batch(rows=len(keys), last_key=keys[-1] if keys else after)
-    clause, params = window_sql(window)
-    with connection.cursor() as cursor:
-        sql = BATCH_BOUNDS.format(table=Transaction._meta.db_table, window=clause)
-        cursor.execute(sql, [after, user_id, after, *params, size])
-        rows, last_key = cursor.fetchone()
-    return Batch(rows=rows, last_key=last_key)
+class KeysetBatch:
+    """The next batch: up to ``size`` rows with id > ``after`` (and in the window), as CSV bytes.
 
+    One statement per batch, ``... WHERE user_id = ? AND id > ? ORDER BY id LIMIT n``
+    over the (user_id, id) index: no OFFSET, no separate query for the batch's
+    bounds. ``rows`` and ``last_key`` are known once the batch has been read
+    (Postgres sends one COPY message per row; the id is its first column).
+    """
 
-def batch_chunks(
-    user_id: int, after: int, upper: int, use_copy: bool, window: Window = (None, None)
-) -> Iterator[bytes]:
-    """The CSV bytes of rows with after < id <= upper (and in the window)."""
-    if use_copy:
-        clause, params = window_sql(window)
-        select = (COPY_SELECT_IN_WINDOW if clause else COPY_SELECT).format(table=Transaction._meta.db_table)
+    def __init__(self, user_id: int, after: int, size: int, use_copy: bool, window: Window = (None, None)):
+        self.user_id, self.after, self.size, self.use_copy, self.window = user_id, after, size, use_copy, window
+        self.rows, self.last_key = 0, after
+
+    @contextmanager
+    def _copy(self):
+        """The batch's COPY, its rows as they arrive.
+
+        Django's error wrapper, as around every query Django runs itself: a broken
+        connection mid-COPY (a failover, pg_terminate_backend) is Django's
+        OperationalError, which BaseTask retries from the checkpoint.
+        """
+        clause, params = window_sql(self.window)
+        select = (COPY_BATCH_IN_WINDOW if clause else COPY_BATCH).format(table=Transaction._meta.db_table)
         sql = "COPY (" + select + ") TO STDOUT (FORMAT csv)"
-        # COPY hands out one message per row: gather them into ~1 MiB blocks so
-        # storage sees a few large writes instead of a million small ones.
-        block = bytearray()
-        with connection.cursor() as cursor, cursor.cursor.copy(sql, [user_id, after, upper, *params]) as copy:
-            for row in copy:
-                block += row
-                if len(block) >= BLOCK_SIZE:
-                    yield bytes(block)
-                    block.clear()
+        params = [self.user_id, self.after, *params, self.size]
+        with connection.wrap_database_errors, connection.cursor() as cursor, cursor.cursor.copy(sql, params) as copy:
+            yield copy
+
+    def _counted(self, rows: int, last_row) -> None:
+        self.rows = rows
+        if rows:
+            self.last_key = int(bytes(last_row).split(b",", 1)[0])
+
+    def write_to(self, write) -> None:
+        """Hand every row to ``write`` (a buffered file's): the tightest loop there is."""
+        if not self.use_copy:
+            for block in self:
+                write(block)
+            return
+        rows, row = 0, None
+        with self._copy() as copy:
+            for rows, row in enumerate(copy, 1):  # noqa: B007 (the last row is used after the loop)
+                write(row)
+        self._counted(rows, row)
+
+    def __iter__(self) -> Iterator[bytes]:
+        """The same bytes in ~1 MiB blocks, for storages that take a file-like object."""
+        if self.use_copy:
+            # COPY hands out one message per row: gather them into ~1 MiB blocks so
+            # storage sees a few large writes instead of a million small ones.
+            block, rows, row = bytearray(), 0, None
+            with self._copy() as copy:
+                for rows, row in enumerate(copy, 1):  # noqa: B007 (the last row is used after the loop)
+                    block += row
+                    if len(block) >= BLOCK_SIZE:
+                        yield bytes(block)
+                        block.clear()
+            self._counted(rows, row)
+            if block:
+                yield bytes(block)
+            return
+        rows = (
+            Transaction.objects.filter(window_q(self.window), user_id=self.user_id, pk__gt=self.after)
+            .order_by("pk")
+            .values_list(*HEADER)[: self.size]
+            .iterator(chunk_size=2000)
+        )
+        block = []
+        for line, pk in orm_lines(rows):
+            block.append(line)
+            self.rows, self.last_key = self.rows + 1, pk
+            if len(block) == 2000:
+                yield "".join(block).encode()
+                block.clear()
         if block:
-            yield bytes(block)
-        return
-    rows = (
-        Transaction.objects.filter(window_q(window), user_id=user_id, pk__gt=after, pk__lte=upper)
-        .order_by("pk")
-        .values_list(*HEADER)
-        .iterator(chunk_size=2000)
-    )
-    block = []
-    for line in orm_lines(rows):
-        block.append(line)
-        if len(block) == 2000:
             yield "".join(block).encode()
-            block.clear()
-    if block:
-        yield "".join(block).encode()
-        # --8<-- [end:keyset-batches]
+            # --8<-- [end:keyset-batches]
+
+
+# ------------------------------------------------------------------------------
+# Where the bytes go
+# ------------------------------------------------------------------------------
+def appends_in_place(storage=default_storage) -> bool:
+    """A local disk (FileSystemStorage): the export is one file, appended to.
+
+    Other storages (S3) cannot append: each batch becomes a part, and the parts
+    are concatenated at the end.
+    """
+    return isinstance(storage, FileSystemStorage)
+
+
+class ExportFileDamaged(Exception):
+    """The file a checkpoint vouches for is shorter than the checkpoint says (a lost disk write)."""
+
+
+def copy_prefix(source: str, out, length: int) -> None:
+    """Copy the first ``length`` bytes of ``source`` into ``out``, 1 MiB at a time."""
+    with open(source, "rb") as src:
+        while length:
+            chunk = src.read(min(BLOCK_SIZE, length))
+            if not chunk:
+                raise ExportFileDamaged(f"{source} ends before its checkpoint ({length} bytes short)")
+            out.write(chunk)
+            length -= len(chunk)
 
 
 # ------------------------------------------------------------------------------
@@ -289,11 +343,20 @@ class ExportRunner:
         self.batch_size = settings.EXPORT_BATCH_SIZE
         # COPY on Postgres, the ORM elsewhere; both write the same bytes.
         self.use_copy = connection.vendor == "postgresql" if use_copy is None else use_copy
+        self.appends = appends_in_place()
+        self._out = None  # the file this runner appends to (appending storages only)
 
+    # The owner in every name: a runner that lost its lease can never write
+    # into a file the current runner writes.
     def part_name(self, index: int) -> str:
-        # The owner in the name: a runner that lost its lease can never
-        # overwrite a part the current runner wrote.
         return f"exports/{self.job_id}/part-{index:06d}-{self.owner}.csv"
+
+    def file_name(self) -> str:
+        return f"exports/{self.job_id}/transactions-{self.job_id}-{self.owner}.csv"
+
+    def is_mine_kind(self, name: str) -> bool:
+        """Whether a checkpointed file was written the way this runner writes (append, or parts)."""
+        return name.rsplit("/", 1)[-1].startswith("transactions-" if self.appends else "part-")
 
     # --8<-- [start:runner]
     def run(self) -> ExportJob:
@@ -305,35 +368,74 @@ class ExportRunner:
             self._checkpoint(
                 job, status=ExportJob.Status.RUNNING, total_rows=job.total_rows, started_at=job.started_at
             )
-        if not job.parts:
-            self._write_part(job, iter([HEADER_LINE]), rows=0, last_key=0)
+        if job.parts and not self.is_mine_kind(job.parts[-1]):
+            # Written by the other way (the storage changed under the job): start over.
+            self._checkpoint(job, parts=[], processed_rows=0, bytes_written=0, last_key=0)
+        try:
+            if self.appends:
+                self._open(job)
+            if not job.parts:
+                self._write_part(job, Header())
 
-        while True:
-            if self.should_stop():
-                raise StopRequested
-            if settings.EXPORT_THROTTLE_SECONDS:
-                time.sleep(settings.EXPORT_THROTTLE_SECONDS)
-            batch = next_batch_bounds(job.user_id, job.last_key, self.batch_size, self.use_copy, window)
-            if batch.rows == 0:
-                break
-            chunks = batch_chunks(job.user_id, job.last_key, batch.last_key, self.use_copy, window)
-            self._write_part(job, chunks, batch.rows, batch.last_key)
+            while True:
+                if self.should_stop():
+                    raise StopRequested
+                if settings.EXPORT_THROTTLE_SECONDS:
+                    time.sleep(settings.EXPORT_THROTTLE_SECONDS)
+                batch = KeysetBatch(job.user_id, job.last_key, self.batch_size, self.use_copy, window)
+                self._write_part(job, batch)
+                if batch.rows < self.batch_size:  # a short batch is the last one
+                    break
+            return self._finish(job)
+        finally:
+            if self._out is not None:
+                self._out.close()
 
-        return self._finish(job)
+    def _open(self, job: ExportJob) -> None:
+        """Start this runner's own file: a new, exclusive name; on resume, the checkpointed prefix of the last one.
 
-    def _write_part(self, job: ExportJob, chunks: Iterator[bytes], rows: int, last_key: int) -> None:
-        content = ChunkFile(chunks, name="part.csv")
-        name = default_storage.save(self.part_name(len(job.parts)), content)
+        The previous runner's file is copied up to its last checkpoint, never
+        truncated in place: its runner may still be alive (a lease expires, it
+        does not prove death), and must never write into the file we continue.
+        Whatever it wrote past its checkpoint is left behind.
+        """
+        path = Path(default_storage.path(self.file_name()))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._out = open(path, "xb", buffering=BLOCK_SIZE)  # noqa: SIM115 (closed by run())
+        if default_storage.file_permissions_mode is not None:
+            os.chmod(path, default_storage.file_permissions_mode)
+        if job.parts:
+            previous = job.parts[-1]
+            copy_prefix(default_storage.path(previous), self._out, job.bytes_written)
+            self._checkpoint(job, parts=[*job.parts, self.file_name()])
+            default_storage.delete(previous)
+
+    def _write_part(self, job: ExportJob, batch) -> None:
+        """Write one batch (or the header), then commit the checkpoint that vouches for it."""
+        if self.appends:
+            start = self._out.tell()
+            batch.write_to(self._out.write)
+            self._out.flush()  # in the file before the checkpoint says so
+            written, parts, name = self._out.tell() - start, job.parts or [self.file_name()], None
+        else:
+            content = ChunkFile(iter(batch), name="part.csv")
+            name = default_storage.save(self.part_name(len(job.parts)), content)
+            written, parts = content.bytes, [*job.parts, name]
+        if written == 0 and job.parts:  # an empty last batch: nothing to vouch for
+            if name:
+                default_storage.delete(name)
+            return
         try:
             self._checkpoint(
                 job,
-                parts=[*job.parts, name],
-                processed_rows=job.processed_rows + rows,
-                bytes_written=job.bytes_written + content.bytes,
-                last_key=last_key,
+                parts=parts,
+                processed_rows=job.processed_rows + batch.rows,
+                bytes_written=job.bytes_written + written,
+                last_key=batch.last_key,
             )
         except (LeaseLost, Cancelled):
-            default_storage.delete(name)
+            if name:  # a part no checkpoint names; an appended tail is left in the runner's own file
+                default_storage.delete(name)
             raise
 
     def _checkpoint(self, job: ExportJob, **changes) -> None:
@@ -354,24 +456,30 @@ class ExportRunner:
             # --8<-- [end:runner]
 
     def _finish(self, job: ExportJob) -> ExportJob:
-        final = ChunkFile(stream_parts(job.parts), name="final.csv")
-        name = default_storage.save(f"exports/transactions-{job.pk}-{self.owner[:8]}.csv", final)
-        try:
-            self._checkpoint(job, file=name, status=ExportJob.Status.COMPLETED, finished_at=timezone.now())
-        except (LeaseLost, Cancelled):
-            default_storage.delete(name)
-            raise
+        if self.appends:
+            # The file is complete as it is: it becomes the export, no second write.
+            self._out.close()
+            self._checkpoint(job, file=self.file_name(), status=ExportJob.Status.COMPLETED, finished_at=timezone.now())
+        else:
+            final = ChunkFile(stream_parts(job.parts), name="final.csv")
+            name = default_storage.save(f"exports/transactions-{job.pk}-{self.owner[:8]}.csv", final)
+            try:
+                self._checkpoint(job, file=name, status=ExportJob.Status.COMPLETED, finished_at=timezone.now())
+            except (LeaseLost, Cancelled):
+                default_storage.delete(name)
+                raise
         ExportJob.release(job.pk, self.owner)
         self.delete_parts(job)
         return job
 
     @staticmethod
     def delete_parts(job: ExportJob) -> None:
-        """Remove every part of the job, including tails of runners that died."""
+        """Remove every part of the job, including tails of runners that died; never its finished file."""
         directory = f"exports/{job.pk}"
         try:
             _, files = default_storage.listdir(directory)
         except FileNotFoundError:
             files = []
         for name in files:
-            default_storage.delete(f"{directory}/{name}")
+            if f"{directory}/{name}" != job.file.name:
+                default_storage.delete(f"{directory}/{name}")

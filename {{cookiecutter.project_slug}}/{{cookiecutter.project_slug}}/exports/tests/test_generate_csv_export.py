@@ -4,6 +4,7 @@ import csv
 import io
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from celery.exceptions import Retry, SoftTimeLimitExceeded
@@ -15,7 +16,8 @@ from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
 
-from ..csv_export import HEADER, ExportRunner, LeaseLost, StopRequested
+from .. import csv_export
+from ..csv_export import HEADER, ExportFileDamaged, ExportRunner, LeaseLost, StopRequested
 from ..models import ExportJob, Transaction
 from ..tasks import export_watchdog, generate_csv_export
 
@@ -38,6 +40,14 @@ TRICKY = [
 def media(settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path
     settings.EXPORT_BATCH_SIZE = 4  # several batches even for a few rows
+
+
+@pytest.fixture(params=["append", "parts"])
+def storage_kind(request, monkeypatch):
+    """Both ways of writing: one file appended to (local disk), and part files (storages that cannot append, S3)."""
+    if request.param == "parts":
+        monkeypatch.setattr(csv_export, "appends_in_place", lambda: False)
+    return request.param
 
 
 @pytest.fixture
@@ -72,7 +82,11 @@ def rows_of(data: bytes):
     return list(csv.reader(io.StringIO(data.decode(), newline="")))
 
 
-def test_exports_only_the_users_rows_in_key_order(user):
+def files_in_job_directory(job) -> list[str]:
+    return default_storage.listdir(f"exports/{job.pk}")[1]
+
+
+def test_exports_only_the_users_rows_in_key_order(user, storage_kind):
     other = get_user_model().objects.create_user("bob", "bob@example.com", "pw")
     add_rows(user)
     add_rows(other)
@@ -91,7 +105,8 @@ def test_exports_only_the_users_rows_in_key_order(user):
     assert (job.status, job.processed_rows, job.total_rows) == (ExportJob.Status.COMPLETED, len(TRICKY), len(TRICKY))
     assert job.bytes_written == len(data)
     assert job.lease_owner == ""
-    assert default_storage.listdir(f"exports/{job.pk}")[1] == []  # parts cleaned up
+    # Parts cleaned up; appended in place, the one file is the export.
+    assert files_in_job_directory(job) == ([Path(job.file.name).name] if storage_kind == "append" else [])
 
 
 def test_formula_cells_are_neutralised_and_numbers_kept(user):
@@ -118,7 +133,14 @@ def test_empty_export_is_the_header_only(user):
     assert export_bytes(user) == b"id,created_at,amount,currency,description\n"
 
 
-def test_resume_after_a_stop_is_byte_identical_and_ignores_a_partial_tail(user):
+def test_both_ways_of_writing_give_the_same_bytes(user, monkeypatch):
+    add_rows(user, descriptions=TRICKY * 3)
+    appended = export_bytes(user)
+    monkeypatch.setattr(csv_export, "appends_in_place", lambda: False)
+    assert export_bytes(user) == appended
+
+
+def test_resume_after_a_stop_is_byte_identical_and_ignores_a_partial_tail(user, storage_kind):
     add_rows(user, descriptions=[f"row {i}" for i in range(30)])
     clean = export_bytes(user)
     job = ExportJob.objects.create(user=user)
@@ -130,8 +152,13 @@ def test_resume_after_a_stop_is_byte_identical_and_ignores_a_partial_tail(user):
         first.run()
     job.refresh_from_db()
     assert job.processed_rows == 3 * 4
-    # The tail a runner killed mid-batch leaves behind: a part no checkpoint names.
-    default_storage.save(f"exports/{job.pk}/part-{len(job.parts):06d}-{first.owner}.csv", ContentFile(b"9,torn"))
+    # The tail a runner killed mid-batch leaves behind: bytes past its checkpoint
+    # in its file, or a part no checkpoint names.
+    if storage_kind == "append":
+        with default_storage.open(job.parts[-1], "ab") as handle:
+            handle.write(b"9,torn")
+    else:
+        default_storage.save(f"exports/{job.pk}/part-{len(job.parts):06d}-{first.owner}.csv", ContentFile(b"9,torn"))
     ExportJob.release(job.pk, first.owner)
 
     assert generate_csv_export(job.pk) == "completed"
@@ -139,7 +166,63 @@ def test_resume_after_a_stop_is_byte_identical_and_ignores_a_partial_tail(user):
     job.refresh_from_db()
     with job.file.open("rb") as handle:
         assert handle.read() == clean
-    assert default_storage.listdir(f"exports/{job.pk}")[1] == []
+    assert files_in_job_directory(job) == ([Path(job.file.name).name] if storage_kind == "append" else [])
+
+
+class Killed(BaseException):
+    """What SIGKILL does to a runner: it stops there, nothing cleans up, its lease stays taken."""
+
+
+def test_a_runner_killed_after_writing_past_its_checkpoint_resumes_byte_identical(user, monkeypatch):
+    add_rows(user, descriptions=[f"row {i}" for i in range(30)])
+    clean = export_bytes(user)
+    job = ExportJob.objects.create(user=user)
+    checkpoint = ExportRunner._checkpoint
+
+    def killed_before_the_fourth_batch_is_checkpointed(runner, job, **changes):
+        if changes.get("processed_rows") == 4 * 4:
+            raise Killed
+        return checkpoint(runner, job, **changes)
+
+    monkeypatch.setattr(ExportRunner, "_checkpoint", killed_before_the_fourth_batch_is_checkpointed)
+    first = ExportRunner(job.pk)
+    assert ExportJob.claim(job.pk, first.owner)
+    with pytest.raises(Killed):
+        first.run()
+    monkeypatch.undo()
+    job.refresh_from_db()
+    (first_file,) = job.parts
+    assert job.processed_rows == 3 * 4
+    assert default_storage.size(first_file) > job.bytes_written  # a whole batch past the checkpoint
+    ExportJob.objects.filter(pk=job.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+
+    assert generate_csv_export(job.pk) == "completed"  # what the watchdog sends once the lease expired
+
+    job.refresh_from_db()
+    with job.file.open("rb") as handle:
+        assert handle.read() == clean
+    assert job.parts[0] == first_file
+    assert job.file.name == job.parts[1] != first_file  # a second runner, its own file
+    assert job.bytes_written == len(clean)
+    assert files_in_job_directory(job) == [Path(job.file.name).name]  # the first runner's file is gone
+
+
+def test_a_file_shorter_than_its_checkpoint_is_not_resumed(user):
+    add_rows(user, descriptions=[f"row {i}" for i in range(30)])
+    job = ExportJob.objects.create(user=user)
+    first = ExportRunner(job.pk, should_stop=iter([False, False, True]).__next__)
+    assert ExportJob.claim(job.pk, first.owner)
+    with pytest.raises(StopRequested):
+        first.run()
+    job.refresh_from_db()
+    with default_storage.open(job.parts[-1], "r+b") as handle:  # e.g. a write lost with a crashed disk
+        handle.truncate(job.bytes_written - 1)
+    ExportJob.release(job.pk, first.owner)
+
+    second = ExportRunner(job.pk)
+    assert ExportJob.claim(job.pk, second.owner)
+    with pytest.raises(ExportFileDamaged):
+        second.run()
 
 
 def test_a_live_lease_keeps_a_second_runner_out(user):
@@ -153,7 +236,7 @@ def test_a_live_lease_keeps_a_second_runner_out(user):
     assert (job.status, job.parts) == (ExportJob.Status.PENDING, [])
 
 
-def test_a_runner_that_lost_its_lease_stops_writing(user):
+def test_a_runner_that_lost_its_lease_stops_writing(user, storage_kind):
     add_rows(user)
     job = ExportJob.objects.create(user=user)
     polls = []
@@ -170,9 +253,16 @@ def test_a_runner_that_lost_its_lease_stops_writing(user):
         runner.run()
 
     job.refresh_from_db()
-    assert len(job.parts) == 2  # the header and the one batch checkpointed before the takeover
-    on_disk = default_storage.listdir(f"exports/{job.pk}")[1]
-    assert sorted(f"exports/{job.pk}/{name}" for name in on_disk) == sorted(job.parts)  # its next part was removed
+    assert job.processed_rows == 4  # the one batch checkpointed before the takeover
+    on_disk = sorted(f"exports/{job.pk}/{name}" for name in files_in_job_directory(job))
+    if storage_kind == "parts":
+        assert len(job.parts) == 2  # the header and that batch
+        assert on_disk == sorted(job.parts)  # its next part was removed
+    else:
+        # Its own file, which the next runner copies up to the checkpoint: the
+        # batch it wrote after losing the lease is never used.
+        assert on_disk == job.parts == [runner.file_name()]
+        assert default_storage.size(runner.file_name()) > job.bytes_written
 
 
 def test_soft_time_limit_releases_the_lease_and_the_retry_continues(user, monkeypatch):
