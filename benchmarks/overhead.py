@@ -116,37 +116,38 @@ NOOP_SETTINGS = (
     "CELERY_IMPORTS = ('bench_tasks',)\nCELERY_TASK_ROUTES = {{'bench_tasks.*': 'high', **CELERY_TASK_ROUTES}}"
 )
 
+# The settings each ablation row changes; the last row combines several of them.
+EVENTS_OFF = "CELERY_WORKER_SEND_TASK_EVENTS = False"
+EXTENDED_OFF = "CELERY_RESULT_EXTENDED = False"
+LATE_ACKS_OFF = "CELERY_TASK_ACKS_LATE = False"
+HEALTH_CHECKS_OFF = "DATABASES['default']['CONN_HEALTH_CHECKS'] = False"
+METRICS_OFF = (
+    "from celery.signals import worker_init\n\n"
+    "@worker_init.connect\ndef _no_metrics(**kwargs):\n"
+    "    from {slug}.core import metrics\n"
+    "    metrics.record_task = lambda *args: None"
+)
+RUN_LOG_OFF = "LOGGING['loggers'] = {{'tasks': {{'level': 'WARNING'}}}}"
+
 # What "ours" turns on beyond bare Celery, each switched off in turn.
 ABLATION = [
     Variant("ours, a no-op task (no query)", NOOP_SETTINGS, noop=True),
     Variant("- time limits", drop=("--soft-time-limit", "--time-limit")),
     Variant("- max memory and tasks per child", drop=("--max-memory-per-child", "--max-tasks-per-child")),
     Variant("- dead-letter consumer", "CELERY_WORKER_CONSUMER = 'celery.worker.consumer:Consumer'"),
-    Variant("- worker task events (Flower's)", "CELERY_WORKER_SEND_TASK_EVENTS = False"),
+    Variant("- worker task events (Flower's)", EVENTS_OFF),
     Variant("+ task-sent events (off in ours)", "CELERY_TASK_SEND_SENT_EVENT = True"),
     Variant("+ track started (off in ours)", "CELERY_TASK_TRACK_STARTED = True"),
-    Variant("- extended results", "CELERY_RESULT_EXTENDED = False"),
-    Variant("- late acks", "CELERY_TASK_ACKS_LATE = False"),
-    Variant("- connection health checks", "DATABASES['default']['CONN_HEALTH_CHECKS'] = False"),
-    Variant(
-        "- metrics write",
-        "from celery.signals import worker_init\n\n"
-        "@worker_init.connect\ndef _no_metrics(**kwargs):\n"
-        "    from {slug}.core import metrics\n"
-        "    metrics.record_task = lambda *args: None",
-    ),
-    Variant("- run-log line", "LOGGING['loggers'] = {{'tasks': {{'level': 'WARNING'}}}}"),
+    Variant("- extended results", EXTENDED_OFF),
+    Variant("- late acks", LATE_ACKS_OFF),
+    Variant("- connection health checks", HEALTH_CHECKS_OFF),
+    Variant("- metrics write", METRICS_OFF),
+    Variant("- run-log line", RUN_LOG_OFF),
     Variant("- connection reuse (Celery's default)", env=(("CELERY_DB_REUSE_MAX", "0"),)),
     Variant("+ prefetch 4 (many tiny tasks)", prefetch=4),
     Variant(
         "- events, extended results, late acks, checks, metrics, log; prefetch 4",
-        "CELERY_WORKER_SEND_TASK_EVENTS = False\nCELERY_RESULT_EXTENDED = False\n"
-        "CELERY_TASK_ACKS_LATE = False\nDATABASES['default']['CONN_HEALTH_CHECKS'] = False\n"
-        "LOGGING['loggers'] = {{'tasks': {{'level': 'WARNING'}}}}\n"
-        "from celery.signals import worker_init\n\n"
-        "@worker_init.connect\ndef _no_metrics(**kwargs):\n"
-        "    from {slug}.core import metrics\n"
-        "    metrics.record_task = lambda *args: None",
+        "\n".join((EVENTS_OFF, EXTENDED_OFF, LATE_ACKS_OFF, HEALTH_CHECKS_OFF, RUN_LOG_OFF, METRICS_OFF)),
         prefetch=4,
     ),
 ]
