@@ -33,7 +33,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -237,9 +237,8 @@ class KeysetBatch:
         self.user_id, self.after, self.size, self.use_copy, self.window = user_id, after, size, use_copy, window
         self.rows, self.last_key = 0, after
 
-    @contextmanager
-    def _copy(self):
-        """The batch's COPY, its rows as they arrive.
+    def _copy_rows(self) -> Iterator[bytes]:
+        """The batch's COPY, one CSV row at a time; ``rows`` and ``last_key`` set once it ends.
 
         Django's error wrapper, as around every query Django runs itself: a broken
         connection mid-COPY (a failover, pg_terminate_backend) is Django's
@@ -249,39 +248,34 @@ class KeysetBatch:
         select = (COPY_BATCH_IN_WINDOW if clause else COPY_BATCH).format(table=Transaction._meta.db_table)
         sql = "COPY (" + select + ") TO STDOUT (FORMAT csv)"
         params = [self.user_id, self.after, *params, self.size]
+        rows, row = 0, None
         with connection.wrap_database_errors, connection.cursor() as cursor, cursor.cursor.copy(sql, params) as copy:
-            yield copy
-
-    def _counted(self, rows: int, last_row) -> None:
+            for rows, row in enumerate(copy, 1):  # noqa: B007 (the last row is used after the loop)
+                yield row
         self.rows = rows
         if rows:
-            self.last_key = int(bytes(last_row).split(b",", 1)[0])
+            self.last_key = int(bytes(row).split(b",", 1)[0])
 
     def write_to(self, write) -> None:
-        """Hand every row to ``write`` (a buffered file's): the tightest loop there is."""
-        if not self.use_copy:
-            for block in self:
-                write(block)
-            return
-        rows, row = 0, None
-        with self._copy() as copy:
-            for rows, row in enumerate(copy, 1):  # noqa: B007 (the last row is used after the loop)
-                write(row)
-        self._counted(rows, row)
+        """Hand every row to ``write`` (a buffered file's)."""
+        # closing(): if ``write`` fails, the COPY ends now, not when the generator is
+        # collected (an unfinished COPY blocks every later query on the connection).
+        with closing(self._copy_rows() if self.use_copy else iter(self)) as chunks:
+            for chunk in chunks:
+                write(chunk)
 
     def __iter__(self) -> Iterator[bytes]:
         """The same bytes in ~1 MiB blocks, for storages that take a file-like object."""
         if self.use_copy:
             # COPY hands out one message per row: gather them into ~1 MiB blocks so
             # storage sees a few large writes instead of a million small ones.
-            block, rows, row = bytearray(), 0, None
-            with self._copy() as copy:
-                for rows, row in enumerate(copy, 1):  # noqa: B007 (the last row is used after the loop)
+            block = bytearray()
+            with closing(self._copy_rows()) as rows:
+                for row in rows:
                     block += row
                     if len(block) >= BLOCK_SIZE:
                         yield bytes(block)
                         block.clear()
-            self._counted(rows, row)
             if block:
                 yield bytes(block)
             return
