@@ -37,17 +37,14 @@ def python_string(value: str) -> str:
     return quote + _escape(value, quote, _unicode_escape) + quote
 
 
-def toml_string(value: str) -> str:
-    """A TOML basic string ("..."): its escapes are a subset of the ones above."""
-    return '"' + _escape(value, '"', _unicode_escape) + '"'
-
-
-def yaml_string(value: str) -> str:
-    """A YAML double-quoted scalar: always a string (never read as a bool, null or number)."""
+def double_quoted(value: str) -> str:
+    """A string in double quotes with the escapes above, read the same way as a TOML basic
+    string and as a YAML double-quoted scalar (always a string there: never a bool, null
+    or number)."""
     return '"' + _escape(value, '"', _unicode_escape) + '"'
 
 
 class AnswerFilters(Extension):
     def __init__(self, environment):
         super().__init__(environment)
-        environment.filters.update(py=python_string, toml=toml_string, yaml=yaml_string)
+        environment.filters.update(py=python_string, toml=double_quoted, yaml=double_quoted)

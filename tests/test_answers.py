@@ -25,7 +25,7 @@ import yaml
 from cookiecutter.environment import StrictEnvironment
 from packaging.requirements import Requirement
 
-from answer_filters import python_string, toml_string, yaml_string
+from answer_filters import double_quoted, python_string
 
 from .conftest import TEMPLATE, assert_ok, run
 
@@ -82,8 +82,8 @@ def hook_problems(given: dict | None = None, **answers) -> list[str]:
 @pytest.mark.parametrize("value", HOSTILE)
 def test_filters_write_literals_that_read_back_as_the_answer(value):
     assert ast.literal_eval(python_string(value)) == value
-    assert tomllib.loads(f"x = {toml_string(value)}")["x"] == value
-    assert yaml.safe_load(f"x: {yaml_string(value)}") == {"x": value}
+    assert tomllib.loads(f"x = {double_quoted(value)}")["x"] == value
+    assert yaml.safe_load(f"x: {double_quoted(value)}") == {"x": value}
 
 
 def test_python_literals_are_as_ruff_format_writes_them(tmp_path):
