@@ -72,6 +72,24 @@ def test_flower_requires_auth_and_sees_every_pool(native, worker_pools):
     assert get(native["flower"] + "/healthcheck")[0] == 200  # "OK" and nothing else, for probes
 
 
+def test_flower_turns_the_workers_task_events_on(native, live_celery):
+    """Workers start without task events (CELERY_WORKER_SEND_TASK_EVENTS is off by
+    default: they cost every task); Flower enables them, so its task pages still work."""
+    from {{ cookiecutter.project_slug }}.core.tasks import probe_queue_latency
+
+    sent = set()
+
+    def flower_saw_a_task():
+        sent.add(probe_queue_latency.apply_async(("high", time.time()), queue="high", ignore_result=True).id)
+        status, body = get(native["flower"] + "/api/tasks", auth=("operator", "s3cret"))
+        return sent & set(json.loads(body)) if status == 200 else None
+
+    seen = wait_for(flower_saw_a_task, interval=1, message="Flower to show a task the high pool ran")
+    task = json.loads(get(native["flower"] + "/api/task/info/" + seen.pop(), auth=("operator", "s3cret"))[1])
+    assert task["name"].endswith("core.tasks.probe_queue_latency")
+    assert task["worker"] == live_celery.hostname("worker-high")
+
+
 def test_beat_starts_with_the_database_scheduler(native):
     beat_log = native["logs"]["beat"]
     wait_for(lambda: "DatabaseScheduler" in beat_log.read_text(errors="replace"), message="beat to start")

@@ -322,10 +322,14 @@ CELERY_WORKER_ENABLE_SOFT_SHUTDOWN_ON_IDLE = False
 # Fallback memory cap (KiB); each pool sets its own.
 CELERY_WORKER_MAX_MEMORY_PER_CHILD = 250_000
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-send-task-events
-# Flower needs task events to show tasks (and turns them on itself when it starts).
-# They cost the worker's main process three publishes per task; benchmarks/overhead.py
-# measures it (benchmarks/RESULTS.md). A deployment without Flower can switch them off.
-CELERY_WORKER_SEND_TASK_EVENTS = env.bool("CELERY_WORKER_SEND_TASK_EVENTS", default=True)
+# Off until someone watches. Task events (received, started, succeeded...) cost three
+# publishes per task in the worker's main process, the pool's one single-threaded part:
+# about 1 ms of CPU per task (the "+ worker task events" row of benchmarks/overhead.py).
+# Flower is their only reader, and it turns them on itself: every 5 s it sends
+# `enable_events` to every worker it can reach (its --enable_events option, on by
+# default), so its task pages work wherever it runs. Worker heartbeats (worker-online,
+# worker-heartbeat) are sent either way. Set it to true for another event consumer.
+CELERY_WORKER_SEND_TASK_EVENTS = env.bool("CELERY_WORKER_SEND_TASK_EVENTS", default=False)
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-send-sent-event
 # Off (Celery's default): a "task-sent" event would be one more publish in every
 # delay(), that is in the web request that dispatches. How long work waits in each

@@ -16,8 +16,9 @@ def dispatch_latency_probes(dry_run: bool = False) -> list[str]:
     """Send one probe to every queue (beat, every minute): the queue-latency canary."""
     if not dry_run:
         for queue in topology.QUEUES:
-            # queue= overrides the route: the probe waits in line like real work.
-            probe_queue_latency.apply_async((queue, time.time()), queue=queue, expires=300)
+            # queue= overrides the route: the probe waits in line like real work. The
+            # probe records its own figure; nobody reads its Celery result.
+            probe_queue_latency.apply_async((queue, time.time()), queue=queue, expires=300, ignore_result=True)
     return list(topology.QUEUES)
 
 
