@@ -9,13 +9,13 @@ started fresh, on the same broker and the same Redis result backend, in one run:
 * ``bare Celery``: ``Celery(broker, backend)`` and a task that returns None, Celery's
   defaults otherwise (prefetch multiplier 4, early acks, no events, no database);
   ``ours, a no-op task`` is the same no-op through the project's task class, routes
-  and settings: the like-for-like comparison.
+  and settings: the like-for-like comparison (always measured, ``--no-ablation`` too).
 * ``ours``: the baked project's ``python -m config.worker worker-high`` running the
   password-reset task for a user that does not exist (one indexed lookup, a log line,
   return): everything the template adds, with nothing to do.
 * the ablation rows: ``ours`` with one setting switched off (or on) at a time, through a
   settings module written next to the project's own, so that each row shows what
-  that setting costs. ``prefetch 4`` is the many-tiny-tasks profile of item 4.
+  that setting costs. ``prefetch 4`` is the many-tiny-tasks profile (docs/topology.md).
 
 Round trip = ``delay()`` to the result available; throughput = a burst sent at once
 and drained; CPU per task = CPU time the burst cost the worker's processes, the client
@@ -129,9 +129,11 @@ METRICS_OFF = (
 )
 RUN_LOG_OFF = "LOGGING['loggers'] = {{'tasks': {{'level': 'WARNING'}}}}"
 
+# The like-for-like row: bare's no-op through our task class, routes and settings.
+OURS_NOOP = Variant("ours, a no-op task (no query)", NOOP_SETTINGS, noop=True)
+
 # What "ours" turns on beyond bare Celery, each switched off in turn.
 ABLATION = [
-    Variant("ours, a no-op task (no query)", NOOP_SETTINGS, noop=True),
     Variant("- time limits", drop=("--soft-time-limit", "--time-limit")),
     Variant("- max memory and tasks per child", drop=("--max-memory-per-child", "--max-tasks-per-child")),
     Variant("- dead-letter consumer", "CELERY_WORKER_CONSUMER = 'celery.worker.consumer:Consumer'"),
@@ -204,7 +206,7 @@ def run_broker(broker: str, options) -> list[tuple[str, Figures]]:
             "CELERY_BROKER_URL": project.env.get("CELERY_BROKER_URL", project.env["REDIS_URL"]),
             "CELERY_RESULT_BACKEND": project.env["REDIS_URL"],
         }
-        variants = [Variant("ours")] + (ABLATION if options.ablation else [])
+        variants = [Variant("ours"), OURS_NOOP] + (ABLATION if options.ablation else [])
         for _ in range(options.rounds):
             rows.setdefault("bare Celery", []).append(measure(
                 project, ["python", "-m", "celery", "-A", "bare_app", "worker", "--concurrency=4",
