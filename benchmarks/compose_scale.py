@@ -37,7 +37,7 @@ def main() -> None:
         check=True, capture_output=True,
     )  # fmt: skip
     stack = Stack(workdir / "scale_bench", FILES, {"PORT": str(free_port())})
-    for image in ("python:3.12-slim-bookworm", "postgres:17", "redis:7.4"):
+    for image in images.compose_images(stack.path, FILES):
         images.ensure(image)
     rows = []
     try:

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from ..conftest import TEMPLATE
 from . import images
@@ -73,21 +72,8 @@ def bake(tmp_path_factory, **context) -> Path:
     return path
 
 
-def needed_images(path: Path, files: list[str]) -> list[str]:
-    """Images the compose files pull, and the Dockerfile's base image."""
-    wanted = []
-    for name in files:
-        for service in yaml.safe_load((path / name).read_text())["services"].values():
-            if "image" in service and "build" not in service and service["image"] not in wanted:
-                wanted.append(service["image"])
-    dockerfile = (path / "Dockerfile").read_text()
-    version = re.search(r"^ARG PYTHON_VERSION=(\S+)", dockerfile, re.MULTILINE).group(1)
-    base = re.search(r"^FROM (\S+) AS python", dockerfile, re.MULTILINE).group(1)
-    return [base.replace("${PYTHON_VERSION}", version), *wanted]
-
-
 def ensure_images(path: Path, files: list[str]) -> None:
-    for image in needed_images(path, files):
+    for image in images.compose_images(path, files):
         try:
             images.ensure(image)
         except images.ImageError as error:

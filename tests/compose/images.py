@@ -2,6 +2,9 @@
 
     python -m tests.compose.images postgres:17 redis:7.4 python:3.12-slim-bookworm
 
+``compose_images`` lists what a baked project's compose files need: the images their
+services run, and the base images of the Dockerfiles they build.
+
 For each image: if it is already here and is not a stand-in, use it. Otherwise try
 ``docker pull``; a user with Docker Hub always gets the official image this way. Only
 when the pull fails (no registry reachable, as on our CI machines) is the stand-in from
@@ -18,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import yaml
 
 HERE = Path(__file__).resolve().parent
 STANDINS = HERE / "standins"
@@ -75,6 +80,9 @@ def build_base() -> None:
             "no registry reachable and debootstrap is missing to build stand-in images: apt install debootstrap"
         )
     with tempfile.TemporaryDirectory(prefix="stand-in-root-") as root:
+        # The directory becomes the image's "/": mode 0755 like any root, not the 0700 of
+        # a temporary directory, which would let no user but root run anything in it.
+        Path(root).chmod(0o755)
         result = subprocess.run(
             ["debootstrap", "--variant=minbase", "bookworm", root, apt_mirror()],
             capture_output=True,
@@ -123,6 +131,36 @@ def build_stand_in(image: str) -> None:
             "build", "--quiet", "--file", str(Path(context) / repository / "Dockerfile"), "--build-arg", f"OFFICIAL={image}",
             "--tag", image, context,
         )  # fmt: skip
+
+
+def base_images(dockerfile: str) -> list[str]:
+    """The images a Dockerfile's FROM lines name (not its own stages), global ARG defaults filled in."""
+    head = re.split(r"^FROM\s", dockerfile, maxsplit=1, flags=re.MULTILINE)[0]
+    args = dict(re.findall(r"^ARG\s+(\w+)=(\S+)", head, re.MULTILINE))
+    stages, found = set(), []
+    for image, stage in re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", dockerfile, re.MULTILINE | re.IGNORECASE):
+        image = re.sub(r"\$\{?(\w+)\}?", lambda match: args.get(match.group(1), match.group(0)), image)
+        if image not in stages and image != "scratch" and image not in found:
+            found.append(image)
+        stages.add(stage)
+    return found
+
+
+def compose_images(path: Path, files: list[str]) -> list[str]:
+    """What the compose files in ``path`` need locally: the images their services run, and
+    the base images of the Dockerfiles they build."""
+    wanted = []
+    for name in files:
+        for service in yaml.safe_load((path / name).read_text())["services"].values():
+            build = service.get("build")
+            if build is None:
+                needed = [service["image"]]
+            else:
+                build = {"context": build} if isinstance(build, str) else build
+                dockerfile = path / build.get("context", ".") / build.get("dockerfile", "Dockerfile")
+                needed = base_images(dockerfile.read_text())
+            wanted += [image for image in needed if image not in wanted]
+    return wanted
 
 
 def ensure(image: str) -> str:

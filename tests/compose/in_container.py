@@ -42,7 +42,12 @@ def demo():
 
 def result_of(async_result) -> dict:
     value = async_result.get(timeout=TIMEOUT)
-    return {"result": value, "worker": async_result.worker, "queue": async_result.queue}
+    return {
+        "result": value,
+        "worker": async_result.worker,
+        "queue": async_result.queue,
+        "retries": async_result.retries,
+    }
 
 
 def sha256(field) -> str:
@@ -130,6 +135,11 @@ def payments_status() -> dict:
     }
 
 
+def watchdog_now() -> dict:
+    """One dry run of the export watchdog: a task routed to ``default`` that queries the database."""
+    return result_of(task("exports.tasks.export_watchdog").delay(dry_run=True))
+
+
 def ping() -> dict:
     replies = app.control.ping(timeout=float(os.environ.get("PING_TIMEOUT", "3"))) or []
     return {"workers": sorted(name for reply in replies for name in reply)}
@@ -144,6 +154,7 @@ ACTIONS = {
     "export-reference": export_reference,
     "payments-start": payments_start,
     "payments-status": payments_status,
+    "watchdog-now": watchdog_now,
     "ping": ping,
 }
 print("RESULT: " + json.dumps(ACTIONS[os.environ["ACTION"]]()))

@@ -7,9 +7,12 @@ test tools pulled in shows up here as a crash at start-up.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -40,9 +43,25 @@ def readme_commands(stack: Stack) -> list[str]:
     return [line.strip() for line in section.splitlines() if line.startswith("    ") and line.strip()]
 
 
+def awkward_database_password(stack: Stack) -> str:
+    """Give the generated Postgres password a double quote and an apostrophe, as a user's own may have.
+
+    PgBouncer's userlist.txt quotes with double quotes (the entrypoint must double
+    them), the URLs carry the password percent-encoded. Returns the new password.
+    """
+    env_file = stack.path / ".envs/.production/.postgres"
+    text = env_file.read_text()
+    generated = re.search(r"^POSTGRES_PASSWORD=(\w+)$", text, re.MULTILINE).group(1)
+    password = generated + "\"'"
+    text = text.replace(f"POSTGRES_PASSWORD={generated}", f"POSTGRES_PASSWORD={password}")
+    env_file.write_text(text.replace(f":{generated}@", f":{urllib.parse.quote(password, safe='')}@"))
+    return password
+
+
 @pytest.fixture(scope="module")
 def production_stack(docker_ready, tmp_path_factory):
     stack = make_stack(tmp_path_factory, FILES)
+    awkward_database_password(stack)
     commands = readme_commands(stack)
     assert commands == ["docker compose -f docker-compose.production.yml up --build --wait"], commands
     with stack.started(seed_transactions=1000):  # up --build: the README's command, with --detach and a timeout
@@ -109,6 +128,94 @@ def test_only_the_web_port_is_published_and_only_on_localhost(stack):
             for binding in bindings or []:
                 published.setdefault(stack.service_of(container), []).append(binding["HostIp"])
     assert published == {"django": ["127.0.0.1"]}  # flower, postgres and redis are internal
+
+
+def psql(stack: Stack, sql: str) -> list[dict]:
+    """Rows of ``sql`` run by psql in the postgres container, on the app's database."""
+    output = stack.exec(
+        "postgres", "sh", "-c", 'psql -U "$POSTGRES_USER" -d "$POSTGRES_DB" -v ON_ERROR_STOP=1 --csv -c "$0"', sql
+    )
+    return list(csv.DictReader(io.StringIO(output)))
+
+
+def pgbouncer_console(stack: Stack, command: str) -> list[dict]:
+    """Rows of a ``SHOW ...`` command on PgBouncer's admin console (the "pgbouncer" database)."""
+    output = stack.exec(
+        "pgbouncer",
+        "sh",
+        "-c",
+        'PGPASSWORD="$POSTGRES_PASSWORD" psql -h 127.0.0.1 -p 6432 -U "$POSTGRES_USER" -d pgbouncer --csv -c "$0"',
+        command,
+    )
+    return list(csv.DictReader(io.StringIO(output)))
+
+
+def address(container: dict) -> str:
+    (network,) = container["NetworkSettings"]["Networks"].values()
+    return network["IPAddress"]
+
+
+# The app's sessions on Postgres, but not the one asking.
+APP_BACKENDS = (
+    "SELECT pid, host(client_addr) AS addr FROM pg_stat_activity WHERE datname = current_database()"
+    " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+)
+# Every Django process that uses the database while it runs (flower does not).
+DATABASE_CLIENTS = ("django", "worker-high", "worker-default", "worker-export", "beat", "outbox-relay")
+
+
+def test_every_django_service_reaches_postgres_through_pgbouncer(stack):
+    assert get(stack, "/readyz")[0] == 200  # web: SELECT 1
+    assert stack.action("pay-one")["result"] == "paid"  # worker-high
+    assert stack.action("watchdog-now")["queue"] == "default"  # worker-default
+    assert stack.action("export-now")["queue"] == "export"  # worker-export; beat and outbox-relay poll on their own
+
+    services = {address(container): stack.service_of(container) for container in stack.containers()}
+    pgbouncer = address(stack.containers("pgbouncer")[0])
+    backends = psql(stack, APP_BACKENDS)
+    assert backends, "no Django session on Postgres at all"
+    assert {row["addr"] for row in backends} == {pgbouncer}, [services.get(row["addr"]) for row in backends]
+
+    clients = [row for row in pgbouncer_console(stack, "SHOW CLIENTS") if row["database"] != "pgbouncer"]
+    assert set(DATABASE_CLIENTS) <= {services.get(row["addr"]) for row in clients}, clients
+    (pool,) = [row for row in pgbouncer_console(stack, "SHOW POOLS") if row["database"] != "pgbouncer"]
+    assert pool["pool_mode"] == "transaction"
+    pool_size = int(stack.config()["services"]["pgbouncer"]["environment"]["PGBOUNCER_DEFAULT_POOL_SIZE"])
+    assert len(backends) <= pool_size
+
+
+def test_csv_export_through_pgbouncer_equals_one_plain_copy(stack):
+    """The export's COPY ... TO STDOUT runs through PgBouncer, byte for byte what one COPY gives."""
+    job = stack.action("export-now")["job"]
+    done = stack.action("export-status", job=job)
+    assert done["status"] == "completed" and done["processed_rows"] >= 1000
+    assert done["sha256"] == stack.action("export-reference")["sha256"]
+
+
+def test_terminated_server_connections_fail_no_task_and_no_request(stack):
+    assert stack.action("pay-one")["result"] == "paid"  # PgBouncer holds server connections
+    terminated = psql(stack, f"SELECT pg_terminate_backend(pid) AS done FROM ({APP_BACKENDS}) AS app")
+    assert terminated and all(row["done"] == "t" for row in terminated)
+
+    # The clients' connections are to PgBouncer, which opens new server connections.
+    assert get(stack, "/readyz")[0] == 200
+    payment = stack.action("pay-one")
+    assert (payment["result"], payment["retries"]) == ("paid", 0)
+    export = stack.action("export-now")
+    assert export["retries"] == 0
+    assert stack.action("export-status", job=export["job"])["status"] == "completed"
+
+
+def test_migrate_connects_to_postgres_directly(stack):
+    """With PgBouncer stopped, the migrate service still runs: it does not go through it."""
+    stack.compose("stop", "pgbouncer")
+    try:
+        result = stack.compose("run", "--rm", "--no-deps", "migrate", check=False)
+    finally:
+        stack.up()  # PgBouncer back, every service healthy again
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "No migrations to apply" in result.stdout
+    assert get(stack, "/readyz")[0] == 200
 
 
 def test_redis_restart_during_payments_loses_and_doubles_nothing(stack):

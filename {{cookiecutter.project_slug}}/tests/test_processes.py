@@ -123,6 +123,17 @@ def test_django_processes_wait_for_healthy_backing_services(filename):
             assert services[name]["depends_on"][backing]["condition"] == "service_healthy", (name, backing)
 
 
+def test_production_processes_wait_for_pgbouncer_and_migrate_goes_direct():
+    services = compose("docker-compose.production.yml")
+    assert "healthcheck" in services["pgbouncer"]
+    for name in (FIXED_SERVICES | EXTRA_PROCESSES) - BACKING_SERVICES:
+        assert services[name]["depends_on"]["pgbouncer"]["condition"] == "service_healthy", name
+    # migrate: straight to Postgres (.envs/.production/.postgres, git-ignored, has both
+    # URLs), and it need not wait for PgBouncer.
+    assert "pgbouncer" not in services["migrate"]["depends_on"]
+    assert 'DATABASE_URL="$$DATABASE_DIRECT_URL" DATABASE_TRANSACTION_POOLING=false' in command(services["migrate"])
+
+
 def test_worker_command_is_built_from_the_topology():
     for pool in topology.POOLS:
         argv = build_command(pool.name, environ={})

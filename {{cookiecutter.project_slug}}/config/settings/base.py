@@ -49,6 +49,21 @@ DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / '
 # signal handlers in config/celery_app.py (close_old_database_connections).
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# --8<-- [start:transaction-pooling]
+# True when DATABASE_URL points at a pooler in transaction mode (PgBouncer in
+# docker-compose.production.yml): each transaction may run on another server
+# connection, so nothing may outlive one.
+DATABASE_TRANSACTION_POOLING = env.bool("DATABASE_TRANSACTION_POOLING", default=False)
+if DATABASE_TRANSACTION_POOLING:
+    # .iterator() would DECLARE a cursor WITH HOLD (autocommit) and fetch from it in
+    # later transactions, on whichever server connection the pooler hands out.
+    # https://docs.djangoproject.com/en/5.2/ref/databases/#transaction-pooling-and-server-side-cursors
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
+    # No server-side prepared statements: one prepared on a server connection is
+    # unknown on the next (Django's default with psycopg 3; said here so that it stays).
+    # https://www.psycopg.org/psycopg3/docs/advanced/prepare.html#using-prepared-statements-with-pgbouncer
+    DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = None
+# --8<-- [end:transaction-pooling]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # ------------------------------------------------------------------------------
