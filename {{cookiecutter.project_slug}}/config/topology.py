@@ -37,18 +37,19 @@ SLA_SECONDS: dict[str, float] = {"high": 1.0, "default": 10.0, "low": 300.0, "ex
 
 # --8<-- [start:routes]
 # Routes by task name. Keys are Celery globs matched against the registered task
-# name (``<project>.<app>.tasks.<function>``); exact names win over globs and globs
-# are tried in order. Route whole modules, then carve out exceptions with exact
-# names above the glob. A task that matches nothing fails ``manage.py check``.
+# name (``<project>.<app>.tasks.<function>``), tried in order: the first match wins.
+# Route whole modules, and list the exceptions above their module's glob. A task
+# that matches nothing fails ``manage.py check``.
 ROUTES: dict[str, str] = {
-    # Transactional work a user is waiting for: emails, payments.
-    "*.users.tasks.*": "high",
-    "*.payments.tasks.*": "high",
-    # Exceptions before their module's glob: the export watchdog must not wait
-    # behind (or die with) the export pool it watches; housekeeping is low priority.
+    # Exceptions before their module's glob (manage.py check fails one listed after
+    # it, topology.E013): the export watchdog must not wait behind (or die with) the
+    # export pool it watches; reconciliation and housekeeping are background work.
     "*.exports.tasks.export_watchdog": "default",
     "*.exports.tasks.cleanup_expired_exports": "low",
     "*.payments.tasks.reconcile_stuck_payments": "default",
+    # Transactional work a user is waiting for: emails, payments.
+    "*.users.tasks.*": "high",
+    "*.payments.tasks.*": "high",
     # Long, memory-hungry batch work gets its own patient pool.
     "*.exports.tasks.*": "export",
     # Housekeeping.

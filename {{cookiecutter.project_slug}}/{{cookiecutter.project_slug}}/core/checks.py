@@ -6,6 +6,8 @@ time limit. ``manage.py check`` (run in CI, and by Django before ``migrate`` and
 ``runserver``) catches them before they ship.
 """
 
+from fnmatch import fnmatchcase
+
 from celery.app.routes import prepare
 from django.core import checks
 
@@ -68,8 +70,34 @@ def check_task_routes(app_configs, **kwargs):
                         id="topology.W001",
                     )
                 )
+    for routes in _route_maps(app.conf.task_routes):
+        errors.extend(_shadowed_routes(list(routes)))
     return errors
     # --8<-- [end:check-routes]
+
+
+def _route_maps(task_routes) -> list[dict]:
+    """The name-to-queue maps among ``task_routes`` (a dict, or a list of routers)."""
+    if isinstance(task_routes, dict):
+        return [task_routes]
+    return [routes for routes in task_routes or () if isinstance(routes, dict)]
+
+
+def _shadowed_routes(patterns: list[str]) -> list[checks.Error]:
+    """A glob listed after a broader one never matches: Celery takes the first glob that does."""
+    errors = []
+    for position, pattern in enumerate(patterns):
+        broader = next((earlier for earlier in patterns[:position] if fnmatchcase(pattern, earlier)), None)
+        if broader is not None:
+            errors.append(
+                checks.Error(
+                    f"Route {pattern!r} never applies: {broader!r}, listed before it, matches first.",
+                    hint="Move the narrower route above the broader glob in ROUTES (config/topology.py).",
+                    obj=pattern,
+                    id="topology.E013",
+                )
+            )
+    return errors
 
 
 # --8<-- [start:check-pools]

@@ -26,6 +26,10 @@ def test_fixed_tasks_route_to_their_queues():
         "{{ cookiecutter.project_slug }}.users.tasks.send_password_reset_email": "high",
         "{{ cookiecutter.project_slug }}.payments.tasks.process_payment": "high",
         "{{ cookiecutter.project_slug }}.exports.tasks.generate_csv_export": "export",
+        # Exceptions to their module's glob.
+        "{{ cookiecutter.project_slug }}.payments.tasks.reconcile_stuck_payments": "default",
+        "{{ cookiecutter.project_slug }}.exports.tasks.export_watchdog": "default",
+        "{{ cookiecutter.project_slug }}.exports.tasks.cleanup_expired_exports": "low",
     }
     for name, queue in expected.items():
         assert name in app.tasks
@@ -46,6 +50,18 @@ def stray_task():
 
 def test_unrouted_task_fails_the_check(stray_task):
     assert ids(check_task_routes(None)) == {"topology.E001"}
+
+
+def test_route_listed_after_a_broader_glob_fails_the_check(monkeypatch):
+    # Celery takes the first glob that matches: listed last, this exception would
+    # send reconciliation to "high" with every other payments task.
+    routes = dict(topology.ROUTES)
+    exception = "*.payments.tasks.reconcile_stuck_payments"
+    routes[exception] = routes.pop(exception)
+    monkeypatch.setitem(app.conf, "task_routes", routes)
+    errors = check_task_routes(None)
+    assert ids(errors) == {"topology.E013"}
+    assert errors[0].obj == exception
 
 
 def test_route_to_unknown_queue_fails_the_check(stray_task, monkeypatch):
