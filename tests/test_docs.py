@@ -54,6 +54,7 @@ PATTERN_PAGES = [
     "time-limits.md",
     "database-connections.md",
     "beat.md",
+    "session-cleanup.md",
     "monitoring.md",
     "operations.md",
     "testing.md",

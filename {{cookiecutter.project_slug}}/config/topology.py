@@ -52,6 +52,7 @@ ROUTES: dict[str, str] = {
     # Long, memory-hungry batch work gets its own patient pool.
     "*.exports.tasks.*": "export",
     # Housekeeping.
+    "*.core.tasks.clear_expired_sessions": "low",
     "*.core.tasks.*": "default",
     # Celery's own tasks (result cleanup, chord synchronisation).
     "celery.*": "default",

@@ -384,6 +384,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": crontab(hour=3, minute=30),
         "options": {"queue": "low", "expire_seconds": 3600},
     },
+    # Django's clearsessions, as a task: expired sessions are deleted nightly.
+    "expired-session-cleanup": {
+        "task": "{{ cookiecutter.project_slug }}.core.tasks.clear_expired_sessions",
+        "schedule": crontab(hour=3, minute=15),
+        "options": {"queue": "low", "expire_seconds": 3600},
+    },
 }
 
 # ------------------------------------------------------------------------------
