@@ -55,6 +55,7 @@ PATTERN_PAGES = [
     "database-connections.md",
     "beat.md",
     "session-cleanup.md",
+    "cron.md",
     "monitoring.md",
     "operations.md",
     "testing.md",
