@@ -49,6 +49,9 @@ ROUTES: dict[str, str] = {
     "*.exports.tasks.export_watchdog": "default",
     "*.exports.tasks.cleanup_expired_exports": "low",
     "*.payments.tasks.reconcile_stuck_payments": "default",
+    # A fan-out's many small batch tasks wait behind everyday work (docs/canvas-fan-out.md).
+    "*.statements.tasks.build_statement_batch": "low",
+    "*.statements.tasks.*": "default",
     # Long, memory-hungry batch work gets its own patient pool.
     "*.exports.tasks.*": "export",
     # Housekeeping.

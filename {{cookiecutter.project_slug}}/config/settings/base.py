@@ -71,6 +71,7 @@ LOCAL_APPS = [
     "{{ cookiecutter.project_slug }}.payments",
     "{{ cookiecutter.project_slug }}.exports",
     "{{ cookiecutter.project_slug }}.outbox",
+    "{{ cookiecutter.project_slug }}.statements",
 ]
 INSTALLED_APPS = DJANGO_APPS + THIRD_PARTY_APPS + LOCAL_APPS
 
@@ -186,6 +187,12 @@ EXPORT_THROTTLE_SECONDS = env.float("EXPORT_THROTTLE_SECONDS", default=0.0)
 EXPORT_MAX_RUNNING_PER_USER = env.int("EXPORT_MAX_RUNNING_PER_USER", default=2)
 # Finished exports (and their files) are deleted after this many days.
 EXPORT_RETENTION_DAYS = env.int("EXPORT_RETENTION_DAYS", default=7)
+
+# ------------------------------------------------------------------------------
+# STATEMENTS
+# ------------------------------------------------------------------------------
+# Users per batch task of the monthly statement fan-out (statements/tasks.py).
+STATEMENT_BATCH_SIZE = env.int("STATEMENT_BATCH_SIZE", default=500)
 
 # ------------------------------------------------------------------------------
 # OUTBOX
