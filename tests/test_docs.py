@@ -48,6 +48,7 @@ PATTERN_PAGES = [
     "idempotent-payments.md",
     "payment-states.md",
     "csv-export.md",
+    "upload-processing.md",
     "canvas-fan-out.md",
     "retries-and-dead-letters.md",
     "dead-letters.md",

@@ -49,6 +49,8 @@ ROUTES: dict[str, str] = {
     "*.exports.tasks.export_watchdog": "default",
     "*.exports.tasks.cleanup_expired_exports": "low",
     "*.payments.tasks.reconcile_stuck_payments": "default",
+    # An upload's import: the user is waiting for it, but it is not transactional.
+    "*.imports.tasks.*": "default",
     # A fan-out's many small batch tasks wait behind everyday work (docs/canvas-fan-out.md).
     "*.statements.tasks.build_statement_batch": "low",
     "*.statements.tasks.*": "default",

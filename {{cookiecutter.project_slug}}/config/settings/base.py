@@ -72,6 +72,7 @@ LOCAL_APPS = [
     "{{ cookiecutter.project_slug }}.exports",
     "{{ cookiecutter.project_slug }}.outbox",
     "{{ cookiecutter.project_slug }}.statements",
+    "{{ cookiecutter.project_slug }}.imports",
 ]
 INSTALLED_APPS = DJANGO_APPS + THIRD_PARTY_APPS + LOCAL_APPS
 
@@ -187,6 +188,13 @@ EXPORT_THROTTLE_SECONDS = env.float("EXPORT_THROTTLE_SECONDS", default=0.0)
 EXPORT_MAX_RUNNING_PER_USER = env.int("EXPORT_MAX_RUNNING_PER_USER", default=2)
 # Finished exports (and their files) are deleted after this many days.
 EXPORT_RETENTION_DAYS = env.int("EXPORT_RETENTION_DAYS", default=7)
+
+# ------------------------------------------------------------------------------
+# IMPORTS
+# ------------------------------------------------------------------------------
+# The largest CSV a user may upload, and the rows inserted per query while importing it.
+IMPORT_MAX_BYTES = env.int("IMPORT_MAX_BYTES", default=10_000_000)
+IMPORT_BATCH_SIZE = env.int("IMPORT_BATCH_SIZE", default=1000)
 
 # ------------------------------------------------------------------------------
 # STATEMENTS
