@@ -32,7 +32,7 @@ def sessions(db):
 
 
 def test_cleanup_deletes_expired_sessions_and_keeps_live_ones(sessions, capsys):
-    expired, live = sessions
+    _, live = sessions
 
     call_command("scheduled", "run", ENTRY)
 
