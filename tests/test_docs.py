@@ -43,6 +43,7 @@ PROJECT = TEMPLATE / "{{cookiecutter.project_slug}}"
 PATTERN_PAGES = [
     "topology.md",
     "routing.md",
+    "celery-app.md",
     "dispatch-after-commit.md",
     "outbox.md",
     "idempotent-payments.md",

@@ -255,6 +255,7 @@ REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
 # request, so that a broken or expired connection is replaced before a task uses it.
 CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 
+# --8<-- [start:result-backend]
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#result-backend
 CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND", default=REDIS_URL)
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#result-extended
@@ -274,6 +275,7 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_SERIALIZER = "json"
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#result-serializer
 CELERY_RESULT_SERIALIZER = "json"
+# --8<-- [end:result-backend]
 
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-default-queue
 # Unrouted tasks land in "default", never in Celery's implicit "celery" queue that
