@@ -10,6 +10,7 @@ from celery import Celery, bootsteps, signals
 
 from config import healthcheck, topology
 
+# --8<-- [start:app]
 # Workers, beat and flower import this module before Django is set up.
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
 
@@ -22,6 +23,7 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 
 # Import ``<app>/tasks.py`` of every installed Django app.
 app.autodiscover_tasks()
+# --8<-- [end:app]
 
 
 # --8<-- [start:heartbeat]

@@ -43,16 +43,24 @@ SLA_SECONDS: dict[str, float] = {"high": 1.0, "default": 10.0, "low": 300.0, "ex
 ROUTES: dict[str, str] = {
     # Exceptions before their module's glob (manage.py check fails one listed after
     # it, topology.E013): the export watchdog must not wait behind (or die with) the
-    # export pool it watches; reconciliation and housekeeping are background work.
+    # export pool it watches; reconciliation, housekeeping and a fan-out's batches
+    # are background work.
     "*.exports.tasks.export_watchdog": "default",
     "*.exports.tasks.cleanup_expired_exports": "low",
     "*.payments.tasks.reconcile_stuck_payments": "default",
+    "*.statements.tasks.build_statement_batch": "low",
     # Transactional work a user is waiting for: emails, payments.
     "*.users.tasks.*": "high",
     "*.payments.tasks.*": "high",
+    # An upload's import: the user is waiting for it, but it is not transactional.
+    "*.imports.tasks.*": "default",
+    # A fan-out (docs/canvas-fan-out.md): its batch tasks wait on low behind everyday
+    # work (the exception above); its start, callback and errback run here.
+    "*.statements.tasks.*": "default",
     # Long, memory-hungry batch work gets its own patient pool.
     "*.exports.tasks.*": "export",
     # Housekeeping.
+    "*.core.tasks.clear_expired_sessions": "low",
     "*.core.tasks.*": "default",
     # Celery's own tasks (result cleanup, chord synchronisation).
     "celery.*": "default",

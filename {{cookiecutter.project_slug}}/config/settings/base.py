@@ -86,6 +86,8 @@ LOCAL_APPS = [
     "{{ cookiecutter.project_slug }}.payments",
     "{{ cookiecutter.project_slug }}.exports",
     "{{ cookiecutter.project_slug }}.outbox",
+    "{{ cookiecutter.project_slug }}.statements",
+    "{{ cookiecutter.project_slug }}.imports",
 ]
 INSTALLED_APPS = DJANGO_APPS + THIRD_PARTY_APPS + LOCAL_APPS
 
@@ -203,6 +205,19 @@ EXPORT_MAX_RUNNING_PER_USER = env.int("EXPORT_MAX_RUNNING_PER_USER", default=2)
 EXPORT_RETENTION_DAYS = env.int("EXPORT_RETENTION_DAYS", default=7)
 
 # ------------------------------------------------------------------------------
+# IMPORTS
+# ------------------------------------------------------------------------------
+# The largest CSV a user may upload, and the rows inserted per query while importing it.
+IMPORT_MAX_BYTES = env.int("IMPORT_MAX_BYTES", default=10_000_000)
+IMPORT_BATCH_SIZE = env.int("IMPORT_BATCH_SIZE", default=1000)
+
+# ------------------------------------------------------------------------------
+# STATEMENTS
+# ------------------------------------------------------------------------------
+# Users per batch task of the monthly statement fan-out (statements/tasks.py).
+STATEMENT_BATCH_SIZE = env.int("STATEMENT_BATCH_SIZE", default=500)
+
+# ------------------------------------------------------------------------------
 # OUTBOX
 # ------------------------------------------------------------------------------
 # outbox.send() commits a task with the rows it is about; see docs/outbox.md.
@@ -255,6 +270,7 @@ REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
 # request, so that a broken or expired connection is replaced before a task uses it.
 CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 
+# --8<-- [start:result-backend]
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#result-backend
 CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND", default=REDIS_URL)
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#result-extended
@@ -274,6 +290,7 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_SERIALIZER = "json"
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#result-serializer
 CELERY_RESULT_SERIALIZER = "json"
+# --8<-- [end:result-backend]
 
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-default-queue
 # Unrouted tasks land in "default", never in Celery's implicit "celery" queue that
@@ -401,6 +418,12 @@ CELERY_BEAT_SCHEDULE = {
     "expired-export-cleanup": {
         "task": "{{ cookiecutter.project_slug }}.exports.tasks.cleanup_expired_exports",
         "schedule": crontab(hour=3, minute=30),
+        "options": {"queue": "low", "expire_seconds": 3600},
+    },
+    # Django's clearsessions, as a task: expired sessions are deleted nightly.
+    "expired-session-cleanup": {
+        "task": "{{ cookiecutter.project_slug }}.core.tasks.clear_expired_sessions",
+        "schedule": crontab(hour=3, minute=15),
         "options": {"queue": "low", "expire_seconds": 3600},
     },
 }

@@ -48,6 +48,8 @@ STORAGES = {
 # runner's lease expires in seconds. Worker pools started by tests get the same.
 EXPORT_BATCH_SIZE = env.int("EXPORT_BATCH_SIZE", default=500)
 EXPORT_LEASE_SECONDS = env.int("EXPORT_LEASE_SECONDS", default=3)
+# Two users per batch: a handful of users makes a fan-out of several batch tasks.
+STATEMENT_BATCH_SIZE = env.int("STATEMENT_BATCH_SIZE", default=2)
 
 # Same mechanism, shorter waits: retries in tests back off 1-2 s, not minutes.
 TASK_RETRY_POLICY = {"max_retries": 3, "retry_backoff": 1, "retry_backoff_max": 2, "default_retry_delay": 1}

@@ -1,7 +1,11 @@
 import logging
 import time
+from importlib import import_module
 
 from celery import shared_task
+from django.conf import settings
+from django.contrib.sessions.models import Session
+from django.utils import timezone
 
 from config import topology
 
@@ -35,3 +39,22 @@ def probe_queue_latency(queue: str, sent_at: float) -> float:
         logger.error("queue %s breached its SLA: waited %.3fs (SLA %.1fs)", queue, waited, sla)
     return waited
     # --8<-- [end:canary]
+
+
+# --8<-- [start:clear-expired-sessions]
+@shared_task
+def clear_expired_sessions(dry_run: bool = False) -> int:
+    """Delete expired sessions, what ``manage.py clearsessions`` does. Beat, daily, on "low".
+
+    Django never deletes a database session by itself: every visitor leaves a row,
+    and a table nobody prunes grows for ever (and slows every login). The count is
+    read from the database table; the deletion is the session engine's own
+    ``clear_expired()``, so a different SESSION_ENGINE keeps working (file sessions
+    are pruned too, cache sessions expire in the cache and need none of this).
+    """
+    expired = Session.objects.filter(expire_date__lt=timezone.now()).count()
+    if not dry_run:
+        import_module(settings.SESSION_ENGINE).SessionStore.clear_expired()
+        logger.info("sessions: deleted %s expired", expired)
+    return expired
+    # --8<-- [end:clear-expired-sessions]

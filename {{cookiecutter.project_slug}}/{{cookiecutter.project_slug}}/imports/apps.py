@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class ImportsConfig(AppConfig):
+    name = "{{ cookiecutter.project_slug }}.imports"
+    label = "imports"
