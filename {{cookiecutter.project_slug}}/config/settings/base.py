@@ -166,9 +166,14 @@ PAYMENT_STUCK_AFTER_MINUTES = 10
 # reconciliation cancels the payment and fails the order.
 PAYMENT_ACTION_TIMEOUT_MINUTES = env.int("PAYMENT_ACTION_TIMEOUT_MINUTES", default=60)
 # Stripe forgets an idempotency key after 24 hours; re-sending a payment later
-# could charge again. Reconciliation re-sends only younger orders; older ones
-# are logged for an operator.
+# could charge again. Reconciliation re-sends only younger orders and leaves older
+# ones to an operator; a payment sent later anyway (a replayed dead letter) asks
+# the provider for an earlier payment of the order before it charges.
 PAYMENT_IDEMPOTENCY_WINDOW_HOURS = 23
+# Reconciliation sends a stuck payment again at most this many times (every 5
+# minutes: half an hour after the task's own retries); then it gives up on the
+# order, with one dead letter and one log line, instead of one of each per cycle.
+PAYMENT_RECONCILE_MAX_ATTEMPTS = 6
 
 # ------------------------------------------------------------------------------
 # EXPORTS
