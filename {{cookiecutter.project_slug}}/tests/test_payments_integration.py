@@ -144,7 +144,7 @@ def test_a_dead_letter_replayed_after_the_key_expired_does_not_charge_again(live
 
 def test_reconciliation_gives_up_once_and_its_dead_letter_replays(live_celery, user, settings):
     """Reconciliation on worker-default, as beat runs it: after its last attempt, one dead letter
-    and one log line however many cycles follow; the operator's replay then pays the order."""
+    however many cycles follow; the operator's replay then pays the order."""
     order = Order.objects.create(user=user, amount_cents=6100, status=Order.Status.PROCESSING)
     # The state after PAYMENT_RECONCILE_MAX_ATTEMPTS cycles of a provider outage.
     stuck = timezone.now() - timedelta(minutes=settings.PAYMENT_STUCK_AFTER_MINUTES + 1)
@@ -157,9 +157,8 @@ def test_reconciliation_gives_up_once_and_its_dead_letter_replays(live_celery, u
 
     order.refresh_from_db()
     assert (order.status, order.reconcile_gave_up_at is not None) == (Order.Status.PROCESSING, True)
-    failed = FailedTask.objects.get()
+    failed = FailedTask.objects.get()  # one, after three cycles (the log line: test_stripe_payments.py)
     assert "re-sends by reconciliation" in failed.exception_message
-    assert live_celery.log("worker-default").count(f"order {order.pk} still not charged") == 1
 
     assert app.AsyncResult(failed.replay()).get(timeout=TIMEOUT) == "paid"  # provider back: the operator replays
     assert SandboxCharge.objects.count() == 1
