@@ -139,9 +139,11 @@ POOLS: tuple[Pool, ...] = (
         max_tasks_per_child=1000,
         soft_shutdown_timeout=30,
     ),
-    # Everyday work and the low-priority backlog. With Redis, listing ``default``
-    # first makes the worker drain it before ``low`` (Redis polls queues in this
-    # order); RabbitMQ delivers from both queues as messages arrive.
+    # Everyday work and the low-priority backlog. With Redis the worker takes every
+    # waiting ``default`` message before the next ``low`` one, because the list
+    # starts with ``default`` and the transport's queue_order_strategy is
+    # "priority" (config/settings/base.py; kombu's default alternates). RabbitMQ
+    # has no order between queues: both get about every other slot.
     Pool(
         name="worker-default",
         queues=("default", "low"),

@@ -119,6 +119,51 @@ def test_exhausted_retries_leave_a_failed_task_that_replays(live_celery, user, s
     assert SandboxCharge.objects.count() == 1
 
 
+# --8<-- [start:late-replay]
+def test_a_dead_letter_replayed_after_the_key_expired_does_not_charge_again(live_celery, user, sandbox, settings):
+    """The provider charged, its answer was lost, every retry timed out: a dead letter. Days later
+    an operator replays it. The provider has forgotten the key; the task looks before it charges."""
+    order = Order.objects.create(user=user, amount_cents=5150)
+    retries = settings.TASK_RETRY_POLICY["max_retries"]
+    sandbox.plan(order.idempotency_key, "timeout_after_charge", *["timeout"] * retries)
+    with pytest.raises(Exception, match="timed out"):
+        process_payment.delay(order.pk).get(timeout=TIMEOUT)
+    failed = wait_for(FailedTask.objects.first, message="the FailedTask row")
+    assert SandboxCharge.objects.count() == 1  # charged once, and we never learned it
+
+    three_days_ago = timezone.now() - timedelta(days=3)  # the order, its charge: the key is forgotten
+    Order.objects.filter(pk=order.pk).update(created_at=three_days_ago)
+    SandboxCharge.objects.update(created_at=three_days_ago)
+
+    assert app.AsyncResult(failed.replay()).get(timeout=TIMEOUT) == "paid"
+    order.refresh_from_db()
+    assert (order.status, order.charge_id) == (Order.Status.PAID, SandboxCharge.objects.get().charge_id)
+    assert SandboxCharge.objects.count() == 1  # the same key alone would have charged again
+    # --8<-- [end:late-replay]
+
+
+def test_reconciliation_gives_up_once_and_its_dead_letter_replays(live_celery, user, settings):
+    """Reconciliation on worker-default, as beat runs it: after its last attempt, one dead letter
+    however many cycles follow; the operator's replay then pays the order."""
+    order = Order.objects.create(user=user, amount_cents=6100, status=Order.Status.PROCESSING)
+    # The state after PAYMENT_RECONCILE_MAX_ATTEMPTS cycles of a provider outage.
+    stuck = timezone.now() - timedelta(minutes=settings.PAYMENT_STUCK_AFTER_MINUTES + 1)
+    Order.objects.filter(pk=order.pk).update(
+        payment_attempts=1, reconcile_attempts=settings.PAYMENT_RECONCILE_MAX_ATTEMPTS, updated_at=stuck
+    )
+
+    for _ in range(3):
+        assert reconcile_stuck_payments.delay().get(timeout=TIMEOUT) == []
+
+    order.refresh_from_db()
+    assert (order.status, order.reconcile_gave_up_at is not None) == (Order.Status.PROCESSING, True)
+    failed = FailedTask.objects.get()  # one, after three cycles (the log line: test_stripe_payments.py)
+    assert "re-sends by reconciliation" in failed.exception_message
+
+    assert app.AsyncResult(failed.replay()).get(timeout=TIMEOUT) == "paid"  # provider back: the operator replays
+    assert SandboxCharge.objects.count() == 1
+
+
 # --8<-- [start:dispatch-races-commit]
 def test_dispatch_inside_the_transaction_races_the_commit(live_celery, user):
     """The wrong way, shown failing: the worker looks before the row is committed."""

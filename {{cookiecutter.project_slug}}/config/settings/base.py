@@ -183,9 +183,14 @@ PAYMENT_STUCK_AFTER_MINUTES = 10
 # reconciliation cancels the payment and fails the order.
 PAYMENT_ACTION_TIMEOUT_MINUTES = env.int("PAYMENT_ACTION_TIMEOUT_MINUTES", default=60)
 # Stripe forgets an idempotency key after 24 hours; re-sending a payment later
-# could charge again. Reconciliation re-sends only younger orders; older ones
-# are logged for an operator.
+# could charge again. Reconciliation re-sends only younger orders and leaves older
+# ones to an operator; a payment sent later anyway (a replayed dead letter) asks
+# the provider for an earlier payment of the order before it charges.
 PAYMENT_IDEMPOTENCY_WINDOW_HOURS = 23
+# Reconciliation sends a stuck payment again at most this many times (every 5
+# minutes: half an hour after the task's own retries); then it gives up on the
+# order, with one dead letter and one log line, instead of one of each per cycle.
+PAYMENT_RECONCILE_MAX_ATTEMPTS = 6
 
 # ------------------------------------------------------------------------------
 # EXPORTS
@@ -391,7 +396,8 @@ POISON_MESSAGE_REQUEUE_DELAY = 10
 TASK_RETRY_POLICY = {"max_retries": 5, "retry_backoff": 2, "retry_backoff_max": 120, "default_retry_delay": 10}
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#beat-scheduler
 # Schedules are declared in code and editable in the admin (django-celery-beat).
-# Our subclass adds the heartbeat file read by the compose healthcheck.
+# Our subclass adds the heartbeat file read by the compose healthcheck, and records
+# each run before sending it, so that a killed beat does not send a tick twice.
 CELERY_BEAT_SCHEDULER = "{{ cookiecutter.project_slug }}.core.beat:HeartbeatDatabaseScheduler"
 # https://docs.celeryq.dev/en/stable/userguide/periodic-tasks.html#beat-entries
 # Declared in code, synced into the database by beat at start. Each entry expires
@@ -475,6 +481,14 @@ CELERY_TASK_QUEUES = [Queue(name, Exchange(name, type="direct"), routing_key=nam
 # https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html#visibility-timeout
 # Redis redelivers unacknowledged messages after the visibility timeout; it must
 # exceed the longest hard time limit or long tasks run twice (celery#4400, #7918).
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": topology.VISIBILITY_TIMEOUT}
+# queue_order_strategy: a worker consuming several queues asks Redis for them in
+# the order its pool lists them (config/topology.py), and Redis answers from the
+# first that holds a message: worker-default takes every waiting "default" message
+# before the next "low" one. kombu's default, "round_robin", alternates between them.
+# https://docs.celeryq.dev/projects/kombu/en/stable/reference/kombu.transport.redis.html
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": topology.VISIBILITY_TIMEOUT,
+    "queue_order_strategy": "priority",
+}
 # --8<-- [end:broker-redis]
 {%- endif %}

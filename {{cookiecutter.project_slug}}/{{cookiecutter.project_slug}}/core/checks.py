@@ -125,6 +125,7 @@ def check_pools(app_configs, **kwargs):
                         id="topology.E004",
                     )
                 )
+        # --8<-- [start:soft-below-hard]
         if pool.soft_time_limit >= pool.time_limit:
             errors.append(
                 checks.Error(
@@ -133,6 +134,7 @@ def check_pools(app_configs, **kwargs):
                     id="topology.E005",
                 )
             )
+            # --8<-- [end:soft-below-hard]
     if settings.CELERY_TASK_DEFAULT_QUEUE not in topology.QUEUES:
         errors.append(
             checks.Error(
@@ -149,6 +151,7 @@ def _broker_errors():
     from django.conf import settings
 
     errors = []
+    # --8<-- [start:visibility-above-limits]
     uses_redis = settings.CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
     visibility = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout", 3600)
     if uses_redis and settings.TASK_RETRY_POLICY["retry_backoff_max"] >= visibility:
@@ -169,6 +172,7 @@ def _broker_errors():
                 id="topology.E007",
             )
         )
+    # --8<-- [end:visibility-above-limits]
     uses_amqp = settings.CELERY_BROKER_URL.startswith(("amqp://", "amqps://", "pyamqp://"))
     for queue in settings.CELERY_TASK_QUEUES if uses_amqp else ():
         quorum = (queue.queue_arguments or {}).get("x-queue-type") == "quorum"

@@ -51,6 +51,7 @@ class FailedTask(models.Model):
         )
         return failed
 
+    # --8<-- [start:failed-task-replay]
     def replay(self) -> str:
         """Send the task again with the same arguments; returns the new task id."""
         from config.celery_app import app
@@ -64,6 +65,7 @@ class FailedTask(models.Model):
         self.replay_task_id = result.id
         self.save(update_fields=["replayed_at", "replay_task_id"])
         return result.id
+        # --8<-- [end:failed-task-replay]
         # --8<-- [end:failed-task]
 
 

@@ -134,6 +134,7 @@ def _record_in_writer(message, reason, exc, hostname):
 
 
 # --8<-- [start:consumer]
+# --8<-- [start:consumer-hooks]
 class DeadLetterConsumer(Consumer):
     """The worker's consumer, recording every message it cannot run before letting it go.
 
@@ -162,6 +163,7 @@ class DeadLetterConsumer(Consumer):
         reason = "content_disallowed" if isinstance(exc, ContentDisallowed) else "decode_error"
         if self._dead_letter(message, reason, exc):
             self._finish(super().on_decode_error, message, message, exc)
+            # --8<-- [end:consumer-hooks]
 
     def _dead_letter(self, message, reason, exc) -> bool:
         """Record the message; True once it is safe to let it go."""

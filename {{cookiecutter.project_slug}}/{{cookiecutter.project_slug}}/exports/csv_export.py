@@ -353,6 +353,7 @@ class ExportRunner:
         return name.rsplit("/", 1)[-1].startswith("transactions-" if self.appends else "part-")
 
     # --8<-- [start:runner]
+    # --8<-- [start:runner-loop]
     def run(self) -> ExportJob:
         job = ExportJob.objects.get(pk=self.job_id)
         window = job.window()
@@ -384,6 +385,7 @@ class ExportRunner:
         finally:
             if self._out is not None:
                 self._out.close()
+        # --8<-- [end:runner-loop]
 
     def _open(self, job: ExportJob) -> None:
         """Start this runner's own file: a new, exclusive name; on resume, the checkpointed prefix of the last one.
@@ -432,6 +434,7 @@ class ExportRunner:
                 default_storage.delete(name)
             raise
 
+    # --8<-- [start:runner-checkpoint]
     def _checkpoint(self, job: ExportJob, **changes) -> None:
         """Commit progress and renew the lease, only while we still hold it and the job is still wanted.
 
@@ -447,6 +450,7 @@ class ExportRunner:
             raise LeaseLost(f"export {job.pk}: lease lost by {self.owner}")
         for field, value in changes.items():
             setattr(job, field, value)
+            # --8<-- [end:runner-checkpoint]
             # --8<-- [end:runner]
 
     def _finish(self, job: ExportJob) -> ExportJob:

@@ -54,6 +54,10 @@ class Order(models.Model):
     # Where the customer completes authentication (REQUIRES_ACTION).
     next_action_url = models.URLField(max_length=2048, blank=True)
     payment_attempts = models.PositiveIntegerField(default=0)
+    # Times reconciliation sent the payment again (PAYMENT_RECONCILE_MAX_ATTEMPTS at
+    # most), and when it gave up and left the order to an operator, with one dead letter.
+    reconcile_attempts = models.PositiveSmallIntegerField(default=0)
+    reconcile_gave_up_at = models.DateTimeField(null=True, blank=True)
     failure_reason = models.CharField(max_length=255, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -90,13 +94,29 @@ class Order(models.Model):
 
 
 class SandboxCharge(models.Model):
-    """The development payment provider's own ledger: one row per accepted charge."""
+    """The development payment provider's own ledger: one row per accepted charge.
 
-    idempotency_key = models.CharField(max_length=64, unique=True)
+    Like Stripe, the sandbox remembers an idempotency key for 24 hours: a repeat
+    within them returns the earlier charge, a repeat after them is a new request
+    and charges again (the old row is then marked ``key_forgotten``).
+    """
+
+    idempotency_key = models.CharField(max_length=64, db_index=True)
     charge_id = models.CharField(max_length=64, unique=True)
     amount_cents = models.PositiveIntegerField()
     currency = models.CharField(max_length=3)
     created_at = models.DateTimeField(auto_now_add=True)
+    key_forgotten = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [
+            # One charge per remembered key, also under concurrent calls.
+            models.UniqueConstraint(
+                fields=["idempotency_key"],
+                condition=models.Q(key_forgotten=False),
+                name="payments_sandbox_one_charge_per_remembered_key",
+            ),
+        ]
 
     def __str__(self):
         return self.charge_id

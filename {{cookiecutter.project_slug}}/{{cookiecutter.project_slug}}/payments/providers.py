@@ -1,4 +1,4 @@
-"""Payment providers behind one small interface: ``charge``, ``retrieve``, ``cancel``.
+"""Payment providers behind one small interface: ``charge``, ``retrieve``, ``cancel``, ``find``.
 
 ``StripeProvider`` talks to Stripe (used when ``STRIPE_SECRET_KEY`` is set).
 ``SandboxProvider`` is the default in development and tests and behaves like a
@@ -25,6 +25,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from enum import StrEnum
 from typing import Protocol
 
@@ -33,6 +34,7 @@ import stripe
 from django.conf import settings
 from django.db import IntegrityError
 from django.urls import reverse
+from django.utils import timezone
 
 from {{ cookiecutter.project_slug }}.core.redis_client import shared_redis
 
@@ -106,6 +108,13 @@ class PaymentProvider(Protocol):
 
     def cancel(self, charge_id: str) -> Charge: ...
 
+    def find(self, *, idempotency_key: str, metadata: dict[str, str]) -> Charge | None:
+        """The payment an earlier request for this order created, or None.
+
+        For a payment sent again after the provider forgot its idempotency key
+        (Stripe: 24 hours): then only a lookup tells whether the first request charged.
+        """
+
 
 class SandboxProvider:
     """A provider with a ledger and scripted behaviour, for development and tests.
@@ -138,6 +147,8 @@ class SandboxProvider:
 
     PLAN_TTL = 3600
     PENDING_TTL = 24 * 3600
+    # How long an idempotency key is remembered, as with Stripe.
+    KEY_TTL = timedelta(hours=24)
     TEST_CARDS = {
         "": "ok",
         "pm_card_visa": "ok",
@@ -219,6 +230,18 @@ class SandboxProvider:
         self._save_pending(charge_id, pending)
         return self._pending_charge(charge_id, pending)
 
+    def find(self, *, idempotency_key: str, metadata: dict[str, str]) -> Charge | None:
+        """The latest charge, or payment waiting for authentication, made with this key.
+
+        The ledger knows its charges by key, forgotten or not (Stripe searches
+        PaymentIntents by the order id in their metadata instead).
+        """
+        if row := SandboxCharge.objects.filter(idempotency_key=idempotency_key).order_by("-created_at").first():
+            return Charge(id=row.charge_id, amount_cents=row.amount_cents, currency=row.currency)
+        if charge_id := self.redis.get(f"payments:sandbox:auth:{idempotency_key}"):
+            return self.retrieve(charge_id.decode())
+        return None
+
     def authenticate(self, charge_id: str, *, succeed: bool) -> Charge:
         """The customer passes (or fails) authentication: what the bank's 3-D Secure page does."""
         pending = self._pending(charge_id)
@@ -235,7 +258,8 @@ class SandboxProvider:
 
     # Payments waiting for authentication: not charges (yet), so not in the ledger.
     def _authentication_for(self, amount_cents: int, currency: str, idempotency_key: str) -> Charge:
-        if row := SandboxCharge.objects.filter(idempotency_key=idempotency_key).first():
+        self._forget_expired(idempotency_key)
+        if row := SandboxCharge.objects.filter(idempotency_key=idempotency_key, key_forgotten=False).first():
             return Charge(id=row.charge_id, amount_cents=row.amount_cents, currency=row.currency)
         candidate = f"pi_sandbox_{uuid.uuid4().hex[:24]}"
         # SET NX: concurrent calls with one key agree on one payment.
@@ -269,12 +293,21 @@ class SandboxProvider:
             failure_reason=pending["reason"],
         )
 
-    @staticmethod
-    def _record(amount_cents: int, currency: str, idempotency_key: str, charge_id: str = "") -> Charge:
-        """One ledger row per idempotency key, also under concurrent calls."""
+    @classmethod
+    def _forget_expired(cls, idempotency_key: str) -> None:
+        """A key older than KEY_TTL is forgotten: a repeat of it is a new request."""
+        SandboxCharge.objects.filter(
+            idempotency_key=idempotency_key, key_forgotten=False, created_at__lt=timezone.now() - cls.KEY_TTL
+        ).update(key_forgotten=True)
+
+    @classmethod
+    def _record(cls, amount_cents: int, currency: str, idempotency_key: str, charge_id: str = "") -> Charge:
+        """One ledger row per remembered idempotency key, also under concurrent calls."""
+        cls._forget_expired(idempotency_key)
         try:
             row, _ = SandboxCharge.objects.get_or_create(
                 idempotency_key=idempotency_key,
+                key_forgotten=False,
                 defaults={
                     "charge_id": charge_id or f"ch_{uuid.uuid4().hex[:24]}",
                     "amount_cents": amount_cents,
@@ -282,7 +315,7 @@ class SandboxProvider:
                 },
             )
         except IntegrityError:  # lost a race with a concurrent call for the same key
-            row = SandboxCharge.objects.get(idempotency_key=idempotency_key)
+            row = SandboxCharge.objects.get(idempotency_key=idempotency_key, key_forgotten=False)
         return Charge(id=row.charge_id, amount_cents=row.amount_cents, currency=row.currency)
 
 
@@ -378,6 +411,18 @@ class StripeProvider:
         with stripe_errors():
             intent = self.client.v1.payment_intents.cancel(charge_id, params={"cancellation_reason": "abandoned"})
         return self._charge(intent)
+
+    def find(self, *, idempotency_key: str, metadata: dict[str, str]) -> Charge | None:
+        """The newest PaymentIntent of this order, found by its metadata (Stripe's search API).
+
+        Search is not available in every account region (not in India): there it
+        raises, the task retries and then leaves a dead letter instead of charging.
+        """
+        query = " AND ".join(f"metadata['{key}']:'{value}'" for key, value in sorted(metadata.items()))
+        with stripe_errors():
+            found = self.client.v1.payment_intents.search(params={"query": query, "limit": 10})
+        intents = sorted(found.data, key=lambda intent: intent.created, reverse=True)
+        return self._charge(intents[0]) if intents else None
 
     @staticmethod
     def _charge(intent: stripe.PaymentIntent) -> Charge:

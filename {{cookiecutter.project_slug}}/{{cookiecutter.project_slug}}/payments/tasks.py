@@ -1,14 +1,17 @@
 import logging
+import uuid
 from datetime import timedelta
 
 from celery import shared_task
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.urls import reverse
 from django.utils import timezone
 
 from .. import outbox
+from ..core.models import FailedTask
+from ..core.task_base import queue_of
 from ..outbox.relay import unsent_args
 from .models import Order
 from .providers import (
@@ -16,6 +19,7 @@ from .providers import (
     Charge,
     Outcome,
     PaymentInProgress,
+    PaymentProvider,
     PaymentRejected,
     ProviderTimeout,
     ProviderUnavailable,
@@ -55,7 +59,12 @@ def process_payment(self, order_id: int) -> str:
     (invalid, unauthorised: a bug or a configuration error) fails the order *and*
     the task, once: one dead letter, and reconciliation leaves FAILED orders alone.
     A missing order is logged and the task ends without retrying.
+
+    Sent again after the provider may have forgotten the key (a dead letter
+    replayed days later), it first asks the provider for the order's earlier
+    payment (``earlier_payment``) and records that one instead of charging again.
     """
+    # --8<-- [start:process-payment-steps]
     with transaction.atomic():
         order = Order.objects.select_for_update().filter(pk=order_id).first()
         if order is None:
@@ -70,8 +79,11 @@ def process_payment(self, order_id: int) -> str:
         order.payment_attempts += 1
         order.save(update_fields=["status", "payment_attempts", "updated_at"])
 
+    provider = get_provider()
+    if (earlier := earlier_payment(provider, order)) is not None:
+        return record_outcome(order_id, earlier)
     try:
-        charge = get_provider().charge(
+        charge = provider.charge(
             amount_cents=order.amount_cents,
             currency=order.currency,
             idempotency_key=str(order.idempotency_key),
@@ -81,6 +93,7 @@ def process_payment(self, order_id: int) -> str:
             return_url=settings.SITE_URL + reverse("payments:order", args=[order.pk]),
             metadata={"order_id": str(order.pk)},  # webhooks find the order by it
         )
+        # --8<-- [end:process-payment-steps]
     except CardDeclined as declined:
         fail_order(order_id, str(declined))
         logger.info("payment: order %s declined: %s", order_id, declined)
@@ -98,6 +111,37 @@ def process_payment(self, order_id: int) -> str:
 
     return record_outcome(order_id, charge)
     # --8<-- [end:process-payment]
+
+
+# --8<-- [start:earlier-payment]
+def key_may_be_forgotten(order: Order) -> bool:
+    """Did an earlier attempt send the key longer ago than the provider remembers it?
+
+    ``payment_attempts`` counts this attempt too; the order's creation is the
+    earliest the key can have been sent, so this errs on the side of asking.
+    """
+    window = timedelta(hours=settings.PAYMENT_IDEMPOTENCY_WINDOW_HOURS)
+    return order.payment_attempts > 1 and order.created_at < timezone.now() - window
+
+
+def earlier_payment(provider: PaymentProvider, order: Order) -> Charge | None:
+    """The payment an attempt past the idempotency window already made, if any.
+
+    Stripe forgets an idempotency key after 24 hours: the same key sent later is a
+    new request and charges again. So a payment sent again that late (a dead
+    letter replayed days after, an operator's retry) asks the provider first, by
+    the order id in the payment's metadata. Found: that is the payment, nothing is
+    charged. Not found: no earlier attempt reached the provider, charging is safe.
+    A provider that cannot look it up raises, and the task retries, then leaves a
+    dead letter: it never charges blind.
+    """
+    if not key_may_be_forgotten(order):
+        return None  # the key still protects the charge
+    earlier = provider.find(idempotency_key=str(order.idempotency_key), metadata={"order_id": str(order.pk)})
+    if earlier is not None:
+        logger.warning("payment: order %s past the idempotency window: found %s, not charging", order.pk, earlier.id)
+    return earlier
+    # --8<-- [end:earlier-payment]
 
 
 def fail_order(order_id: int, reason: str) -> None:
@@ -199,7 +243,9 @@ def reconcile_stuck_payments(dry_run: bool = False) -> list[int]:
     * PROCESSING, no provider id: our task died, or its last retry failed. Send
       it again: the idempotency key makes the provider return the earlier charge
       if there was one. Only while the provider still remembers the key (Stripe:
-      24 hours); older orders are logged for an operator instead.
+      24 hours), and at most PAYMENT_RECONCILE_MAX_ATTEMPTS times: a provider
+      down for hours would otherwise earn a dead letter every cycle. Then
+      reconciliation gives up on the order, once: one dead letter, one log line.
     * PROCESSING with a provider id, REQUIRES_ACTION: the provider holds the
       payment undecided and a webhook should have told us the end. Ask the
       provider (``sync_payment``), which also cancels abandoned authentications.
@@ -209,39 +255,75 @@ def reconcile_stuck_payments(dry_run: bool = False) -> list[int]:
       normally covers that (its row waits for the broker and the relay publishes
       it), so orders whose message still waits there are left to the relay. What
       remains (an outbox row deleted by hand, a message lost inside the broker) is
-      sent again here.
+      sent again here, within the same bound.
 
     Everything is sent through the outbox too: a broker outage loses nothing here
     either. Sending a payment twice is safe: the state guard and the idempotency
     key make the provider return the earlier charge if there was one.
     """
+    # --8<-- [start:reconcile-body]
     now = timezone.now()
     stuck = Order.objects.filter(updated_at__lt=now - timedelta(minutes=settings.PAYMENT_STUCK_AFTER_MINUTES))
-    unsent = stuck.filter(status=Order.Status.PROCESSING, charge_id="")
+    # Orders reconciliation gave up on belong to an operator now: their dead letter says why.
+    ours = stuck.filter(reconcile_gave_up_at__isnull=True)
+    unsent = ours.filter(status=Order.Status.PROCESSING, charge_id="")
     remembered = now - timedelta(hours=settings.PAYMENT_IDEMPOTENCY_WINDOW_HOURS)
     resend = list(unsent.filter(created_at__gte=remembered).values_list("pk", flat=True))
     forgotten = list(unsent.filter(created_at__lt=remembered).values_list("pk", flat=True))
     held = Q(status=Order.Status.REQUIRES_ACTION) | Q(status=Order.Status.PROCESSING, charge_id__gt="")
-    undecided = stuck.filter(held)
-    poll = list(undecided.values_list("pk", flat=True))
+    poll = list(stuck.filter(held).values_list("pk", flat=True))
     waiting_in_outbox = unsent_args(process_payment)
-    pending = [
-        pk
-        for pk in stuck.filter(status=Order.Status.PENDING).order_by("pk").values_list("pk", flat=True)
-        if pk not in waiting_in_outbox
-    ]
-    resend = [pk for pk in resend if pk not in waiting_in_outbox]
+    pending = list(ours.filter(status=Order.Status.PENDING).order_by("pk").values_list("pk", flat=True))
+    resend = [pk for pk in pending + resend if pk not in waiting_in_outbox]
+    limit = settings.PAYMENT_RECONCILE_MAX_ATTEMPTS
+    exhausted = set(Order.objects.filter(pk__in=resend, reconcile_attempts__gte=limit).values_list("pk", flat=True))
+    resend = [pk for pk in resend if pk not in exhausted]
 
-    for pk in forgotten:
-        logger.error("payment reconciliation: order %s is PROCESSING past the idempotency window: settle by hand", pk)
     if not dry_run:
-        for pk in pending + resend:
+        for pk in forgotten:
+            give_up(pk, "PROCESSING past the idempotency window: the provider may have forgotten its key")
+        for pk in sorted(exhausted):
+            give_up(pk, f"still not charged after {limit} re-sends by reconciliation")
+        for pk in resend:
             logger.warning("payment reconciliation: order %s stuck, re-dispatching", pk)
             with transaction.atomic():
+                # update(), not save(): updated_at is the clock of "stuck" and must not restart.
+                Order.objects.filter(pk=pk).update(reconcile_attempts=F("reconcile_attempts") + 1)
                 outbox.send(process_payment, pk)
         for pk in poll:
             logger.info("payment reconciliation: order %s undecided at the provider, asking it", pk)
             with transaction.atomic():
                 outbox.send(sync_payment, pk)
-    return sorted(pending + resend + poll)
+    return sorted(resend + poll)
+    # --8<-- [end:reconcile-body]
     # --8<-- [end:reconcile]
+
+
+class ReconciliationGaveUp(Exception):
+    """Reconciliation stopped sending a payment again: an operator decides what happens to it."""
+
+
+# --8<-- [start:give-up]
+def give_up(order_id: int, reason: str) -> None:
+    """Leave order ``order_id`` to an operator: one dead letter and one log line, however often we run.
+
+    The dead letter is a ``process_payment`` of the order, so replaying it (once
+    the provider is back, the configuration fixed) is the operator's way to try
+    again; past the idempotency window the task asks the provider for an earlier
+    payment before it charges (``earlier_payment``).
+    """
+    with transaction.atomic():
+        # Marked in the same transaction as the dead letter: a concurrent run finds it marked.
+        ours = Order.objects.filter(pk=order_id, reconcile_gave_up_at=None)
+        if not ours.update(reconcile_gave_up_at=timezone.now()):
+            return
+        FailedTask.objects.create(
+            task_name=process_payment.name,
+            task_id=f"reconciliation-{uuid.uuid4()}",
+            args=[order_id],
+            queue=queue_of(process_payment.request, process_payment),  # where a replay goes: "high"
+            exception_type=f"{__name__}.{ReconciliationGaveUp.__qualname__}",
+            exception_message=f"order {order_id}: {reason}. Replay to try again.",
+        )
+    logger.error("payment reconciliation: order %s %s; gave up, left to an operator (dead letter)", order_id, reason)
+    # --8<-- [end:give-up]

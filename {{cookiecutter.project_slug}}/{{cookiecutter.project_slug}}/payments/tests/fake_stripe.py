@@ -18,6 +18,9 @@ included. What the fake does is what Stripe documents:
   still runs gets a 409 (nothing saved, retry later). Requests that fail
   validation are not saved.
 * ``GET /v1/payment_intents/<id>`` and ``POST .../<id>/cancel``.
+* ``GET /v1/payment_intents/search`` with a query of ``metadata['key']:'value'``
+  clauses joined by ``AND`` (Stripe's search query language, that much of it).
+  ``forget_keys()`` plays the 24 hours after which Stripe forgets idempotency keys.
 * A wrong API key is a 401. ``script(...)`` scripts the next create requests:
   an HTTP error before anything runs (429, 403, 500 ...), a dropped connection
   before or after the intent is created, a slow answer, or a hang after creating
@@ -29,6 +32,7 @@ included. What the fake does is what Stripe documents:
 import hashlib
 import hmac
 import json
+import re
 import select
 import socket
 import threading
@@ -117,6 +121,11 @@ class FakeStripe:
                 }
             return dict(intent)
 
+    def forget_keys(self) -> None:
+        """A day later: Stripe no longer knows the idempotency keys, a repeat creates a new intent."""
+        with self.lock:
+            self.saved.clear()
+
     def set_status(self, intent_id: str, status: str) -> None:
         with self.lock:
             self.intents[intent_id]["status"] = status
@@ -189,6 +198,23 @@ class FakeStripe:
                 return 404, error_body("invalid_request_error", message, code="resource_missing")
             return 200, dict(intent)
 
+    def _search(self, query: str) -> tuple[int, dict]:
+        wanted = []
+        for clause in query.split(" AND "):
+            match = re.fullmatch(r"metadata\['([^']+)'\]:'([^']*)'", clause.strip())
+            if match is None:
+                return 400, error_body("invalid_request_error", f"Invalid search query: {query}")
+            wanted.append(match.groups())
+        with self.lock:
+            found = [
+                dict(intent)
+                for intent in self.intents.values()
+                if all(intent["metadata"].get(key) == value for key, value in wanted)
+            ]
+        found.sort(key=lambda intent: intent["created"], reverse=True)
+        body = {"object": "search_result", "url": "/v1/payment_intents/search", "has_more": False, "data": found}
+        return 200, body | {"next_page": None}
+
     def _cancel(self, intent_id: str, params: dict) -> tuple[int, dict]:
         with self.lock:
             intent = self.intents.get(intent_id)
@@ -224,9 +250,12 @@ class FakeStripe:
                     fake.requests.append({"method": method, "path": self.path, "params": params, "key": key})
                 if self.headers.get("Authorization") != f"Bearer {API_KEY}":
                     return self._answer(401, error_body("invalid_request_error", "Invalid API Key provided."))
-                parts = self.path.split("?")[0].strip("/").split("/")
+                path, _, query = self.path.partition("?")
+                parts = path.strip("/").split("/")
                 if method == "POST" and parts == ["v1", "payment_intents"]:
                     return self._create(params, key)
+                if method == "GET" and parts == ["v1", "payment_intents", "search"]:
+                    return self._answer(*fake._search(dict(parse_qsl(query)).get("query", "")))
                 if method == "GET" and len(parts) == 3 and parts[:2] == ["v1", "payment_intents"]:
                     return self._answer(*fake._retrieve(parts[2]))
                 if method == "POST" and len(parts) == 4 and parts[3] == "cancel":

@@ -1,10 +1,12 @@
 """The payment task's logic, run eagerly. tests/test_payments_integration.py runs it on real workers."""
 
 import uuid
+from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.urls import reverse
+from django.utils import timezone
 
 from {{ cookiecutter.project_slug }}.core.models import FailedTask
 
@@ -93,6 +95,35 @@ def test_exhausted_retries_leave_a_dead_letter(order, sandbox, settings, eager_r
     order.refresh_from_db()
     assert order.status == Order.Status.PROCESSING  # unknown outcome: for an operator to settle
     assert order.payment_attempts == attempts
+
+
+def test_the_sandbox_forgets_a_key_after_24_hours_like_stripe(order, sandbox):
+    """What makes a late replay dangerous: the same key, a day later, charges again."""
+    key = str(order.idempotency_key)
+    first = sandbox.charge(amount_cents=4200, currency="EUR", idempotency_key=key)
+    assert sandbox.charge(amount_cents=4200, currency="EUR", idempotency_key=key) == first
+
+    SandboxCharge.objects.update(created_at=timezone.now() - timedelta(hours=25))
+    again = sandbox.charge(amount_cents=4200, currency="EUR", idempotency_key=key)
+
+    assert again.id != first.id
+    assert SandboxCharge.objects.filter(idempotency_key=key).count() == 2
+    assert sandbox.find(idempotency_key=key, metadata={"order_id": str(order.pk)}) == again
+
+
+def test_a_replay_past_the_idempotency_window_finds_the_earlier_charge(order, sandbox, settings):
+    key = str(order.idempotency_key)
+    first = sandbox.charge(amount_cents=4200, currency="EUR", idempotency_key=key)  # its answer was lost
+    SandboxCharge.objects.update(created_at=timezone.now() - timedelta(days=3))
+    Order.objects.filter(pk=order.pk).update(
+        status=Order.Status.PROCESSING, payment_attempts=1, created_at=timezone.now() - timedelta(days=3)
+    )
+
+    assert process_payment(order.pk) == "paid"
+
+    order.refresh_from_db()
+    assert order.charge_id == first.id
+    assert SandboxCharge.objects.count() == 1
 
 
 def test_missing_order_finishes_without_charging_or_retrying(db, caplog):

@@ -13,6 +13,7 @@ from django.utils import timezone
 from {{ cookiecutter.project_slug }}.core.models import FailedTask
 
 from ..models import Order
+from ..providers import get_provider
 from ..tasks import process_payment
 from ..tasks import reconcile_stuck_payments as reconcile_task
 from .fake_stripe import sign
@@ -350,14 +351,90 @@ def test_reconciliation_settles_a_processing_payment(order_with, stripe_payments
     assert stripe_payments.creates() == 1
 
 
-def test_reconciliation_leaves_orders_past_the_idempotency_window_to_an_operator(user, settings, caplog):
-    order = Order.objects.create(user=user, amount_cents=100, status=Order.Status.PROCESSING)
+def stuck_unsent(user, settings, **created_ago):
+    """An order whose payment never got an answer: PROCESSING, no PaymentIntent id, unchanged for an hour."""
+    order = Order.objects.create(user=user, amount_cents=4200, status=Order.Status.PROCESSING, payment_attempts=1)
     Order.objects.filter(pk=order.pk).update(
-        created_at=timezone.now() - timedelta(hours=settings.PAYMENT_IDEMPOTENCY_WINDOW_HOURS + 1),
-        updated_at=timezone.now() - timedelta(hours=1),
+        created_at=timezone.now() - timedelta(**created_ago), updated_at=timezone.now() - timedelta(hours=1)
     )
+    return order
+
+
+def test_reconciliation_leaves_orders_past_the_idempotency_window_to_an_operator_once(user, settings, caplog):
+    order = stuck_unsent(user, settings, hours=settings.PAYMENT_IDEMPOTENCY_WINDOW_HOURS + 1)
 
     assert reconcile_stuck_payments() == []
+    assert reconcile_stuck_payments() == []  # the next cycle: nothing new
 
     assert refreshed(order).status == Order.Status.PROCESSING
-    assert f"order {order.pk} is PROCESSING past the idempotency window" in caplog.text
+    assert refreshed(order).reconcile_gave_up_at is not None
+    (dead_letter,) = FailedTask.objects.all()
+    assert (dead_letter.task_name, dead_letter.args) == (process_payment.name, [order.pk])
+    assert "past the idempotency window" in dead_letter.exception_message
+    assert caplog.text.count(f"order {order.pk} PROCESSING past the idempotency window") == 1
+
+
+# --8<-- [start:reconcile-gives-up]
+def test_reconciliation_gives_up_after_its_attempts_and_says_so_once(user, settings, caplog):
+    """A provider down for hours: a bounded number of re-sends, then one dead letter and one log line."""
+    from {{ cookiecutter.project_slug }}.outbox.models import OutboxMessage
+
+    settings.PAYMENT_RECONCILE_MAX_ATTEMPTS = 3
+    order = stuck_unsent(user, settings, hours=1)
+
+    # Not run here (no captureOnCommitCallbacks): each re-sent payment stays unanswered.
+    for cycle in range(1, 4):
+        assert reconcile_task() == [order.pk]
+        assert refreshed(order).reconcile_attempts == cycle
+        OutboxMessage.objects.all().delete()  # published: the relay's part
+    for _ in range(3):
+        assert reconcile_task() == []
+
+    assert refreshed(order).reconcile_attempts == 3
+    (dead_letter,) = FailedTask.objects.all()
+    assert dead_letter.args == [order.pk]
+    assert "still not charged after 3 re-sends" in dead_letter.exception_message
+    assert caplog.text.count("gave up, left to an operator") == 1
+    # --8<-- [end:reconcile-gives-up]
+
+
+# --8<-- [start:replay-past-window]
+def test_a_payment_sent_again_after_stripe_forgot_its_key_finds_the_first_payment_intent(
+    order_with, stripe_payments, settings
+):
+    """A dead letter replayed days later: the key no longer protects, the lookup does."""
+    order = order_with("pm_card_visa")
+    first = get_provider().charge(  # what the first attempt did before its answer was lost
+        amount_cents=order.amount_cents,
+        currency=order.currency,
+        idempotency_key=str(order.idempotency_key),
+        payment_method=order.payment_method,
+        metadata={"order_id": str(order.pk)},
+    )
+    Order.objects.filter(pk=order.pk).update(
+        status=Order.Status.PROCESSING,
+        payment_attempts=1,
+        created_at=timezone.now() - timedelta(hours=settings.PAYMENT_IDEMPOTENCY_WINDOW_HOURS + 48),
+    )
+    stripe_payments.forget_keys()  # two days later
+
+    assert process_payment(order.pk) == "paid"
+
+    assert refreshed(order).charge_id == first.id
+    assert stripe_payments.creates() == 1  # not charged again
+    # --8<-- [end:replay-past-window]
+
+
+def test_a_payment_past_the_window_that_never_reached_stripe_is_charged(order_with, stripe_payments, settings):
+    order = order_with("pm_card_visa")
+    Order.objects.filter(pk=order.pk).update(
+        status=Order.Status.PROCESSING,
+        payment_attempts=1,
+        created_at=timezone.now() - timedelta(hours=settings.PAYMENT_IDEMPOTENCY_WINDOW_HOURS + 48),
+    )
+
+    assert process_payment(order.pk) == "paid"
+
+    assert stripe_payments.creates() == 1
+    paths = [request["path"] for request in stripe_payments.requests]
+    assert sum(path.startswith("/v1/payment_intents/search") for path in paths) == 1  # it looked first
