@@ -208,3 +208,33 @@ def test_the_chart_is_on_the_index_and_in_the_readme():
 def test_index_lists_every_page():
     index = page_text("index.md")
     assert [page for page in all_pages() if page != "index.md" and f"({page})" not in index] == []
+
+
+# ------------------------------------------------------------------------------
+# Numbers and names the pages state are generated from the code (scripts/docs_facts.py).
+# ------------------------------------------------------------------------------
+FACTS_SCRIPT = TEMPLATE / "scripts" / "docs_facts.py"
+
+
+def docs_facts(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(FACTS_SCRIPT), *args], capture_output=True, text=True, timeout=300,
+                          check=False)  # fmt: skip
+
+
+def test_pages_state_the_topology_and_settings_the_code_has():
+    """Pool sizes, limits, queues, SLAs, beat entries, queue order and setting values."""
+    result = docs_facts("--check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = "".join(page_text(page) for page in all_pages())
+    for block in ("pools", "queues", "beat", "queue-order", "settings"):
+        assert f"<!-- facts:{block} -->" in text, block
+
+
+def test_the_facts_check_catches_a_number_typed_by_hand(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    page = page_text("topology.md").replace("| `worker-high` | `high` | 4 |", "| `worker-high` | `high` | 8 |")
+    (docs / "topology.md").write_text(page)
+    result = docs_facts("--check", "--docs", str(docs))
+    assert result.returncode == 1
+    assert "-| `worker-high` | `high` | 8 |" in result.stdout and "+| `worker-high` | `high` | 4 |" in result.stdout
