@@ -69,7 +69,7 @@ class FailedTask(models.Model):
         # --8<-- [end:failed-task]
 
 
-# --8<-- [start:poison-message]
+# --8<-- [start:poison-reasons]
 class PoisonMessage(models.Model):
     """A message on a task queue that no worker can run: the dead letter of the transport.
 
@@ -86,6 +86,7 @@ class PoisonMessage(models.Model):
         CONTENT_DISALLOWED = "content_disallowed", "content type not accepted"
         INVALID_TASK = "invalid_task", "invalid task message"
         NOT_A_TASK = "not_a_task", "not a task message"
+        # --8<-- [end:poison-reasons]
 
     class BodyEncoding(models.TextChoices):
         TEXT = "text", "UTF-8 text"
@@ -129,6 +130,7 @@ class PoisonMessage(models.Model):
             return base64.b64decode(self.body)
         return self.body.encode()
 
+    # --8<-- [start:poison-replay]
     def replay(self) -> None:
         """Publish the message again, unchanged, to its queue: for a task deployed since.
 
@@ -158,4 +160,4 @@ class PoisonMessage(models.Model):
             )
         self.replayed_at = timezone.now()
         self.save(update_fields=["replayed_at"])
-        # --8<-- [end:poison-message]
+        # --8<-- [end:poison-replay]

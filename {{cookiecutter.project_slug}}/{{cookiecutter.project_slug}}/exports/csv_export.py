@@ -255,6 +255,7 @@ class KeysetBatch:
         self.rows = rows
         if rows:
             self.last_key = int(bytes(row).split(b",", 1)[0])
+        # --8<-- [end:keyset-batches]
 
     def write_to(self, write) -> None:
         """Hand every row to ``write`` (a buffered file's)."""
@@ -294,7 +295,6 @@ class KeysetBatch:
                 block.clear()
         if block:
             yield "".join(block).encode()
-            # --8<-- [end:keyset-batches]
 
 
 # ------------------------------------------------------------------------------
