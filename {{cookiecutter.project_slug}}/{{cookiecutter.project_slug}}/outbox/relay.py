@@ -101,7 +101,6 @@ def reset_connections() -> None:
         # --8<-- [end:fast-connection]
 
 
-# --8<-- [start:publish]
 def _publish(message: OutboxMessage, connection) -> None:
     options = {
         # The same id on every publish of this row: a repeat is recognisable.
@@ -125,6 +124,7 @@ def _is_broker_down(error: Exception, connection) -> bool:
     return isinstance(error, (BrokerOperationalError, OSError, *connection.connection_errors))
 
 
+# --8<-- [start:publish]
 def publish_rows(rows, batch_size: int) -> tuple[int, bool]:
     """Publish up to ``batch_size`` unsent rows of ``rows``; return (published, broker_down).
 
