@@ -36,7 +36,7 @@ TEMPLATE_SYNTAX = re.compile(r"{{|{%|{#")
 # staticfiles/ it creates): a package named like one would collide with it.
 PROJECT_NAMES = {
     "config", "tests", "requirements", "conftest", "manage", "docs", "media", "static", "staticfiles",
-    "templates", "core", "users", "payments", "exports", "outbox", "compose",
+    "templates", "core", "users", "payments", "exports", "outbox", "imports", "statements", "compose", "scripts",
 }  # fmt: skip
 # Top-level modules that requirements/*.txt install, dependencies included: the project's
 # package would shadow one. tests/test_answers.py fails when a new dependency adds a name.
