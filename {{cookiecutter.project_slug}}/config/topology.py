@@ -37,9 +37,10 @@ SLA_SECONDS: dict[str, float] = {"high": 1.0, "default": 10.0, "low": 300.0, "ex
 
 # --8<-- [start:routes]
 # Routes by task name. Keys are Celery globs matched against the registered task
-# name (``<project>.<app>.tasks.<function>``), tried in order: the first match wins.
-# Route whole modules, and list the exceptions above their module's glob. A task
-# that matches nothing fails ``manage.py check``.
+# name (``<project>.<app>.tasks.<function>``). An exact name wins over every glob;
+# globs are tried in order and the first match wins. Route whole modules, and list
+# the exceptions above their module's glob. A task that matches nothing fails
+# ``manage.py check``.
 ROUTES: dict[str, str] = {
     # Exceptions before their module's glob (manage.py check fails one listed after
     # it, topology.E013): the export watchdog must not wait behind (or die with) the

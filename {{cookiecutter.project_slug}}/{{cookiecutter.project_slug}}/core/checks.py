@@ -84,10 +84,14 @@ def _route_maps(task_routes) -> list[dict]:
 
 
 def _shadowed_routes(patterns: list[str]) -> list[checks.Error]:
-    """A glob listed after a broader one never matches: Celery takes the first glob that does."""
+    """A glob listed after a broader one never matches: Celery takes the first glob that does.
+
+    An exact task name cannot be shadowed: Celery looks those up before any glob.
+    """
+    globs = [pattern for pattern in patterns if "*" in pattern]
     errors = []
-    for position, pattern in enumerate(patterns):
-        broader = next((earlier for earlier in patterns[:position] if fnmatchcase(pattern, earlier)), None)
+    for position, pattern in enumerate(globs):
+        broader = next((earlier for earlier in globs[:position] if fnmatchcase(pattern, earlier)), None)
         if broader is not None:
             errors.append(
                 checks.Error(

@@ -64,6 +64,14 @@ def test_route_listed_after_a_broader_glob_fails_the_check(monkeypatch):
     assert errors[0].obj == exception
 
 
+def test_an_exact_task_name_after_a_glob_is_not_shadowed(monkeypatch):
+    # Celery matches exact names before globs, wherever they stand in the map.
+    routes = dict(topology.ROUTES)
+    routes["{{ cookiecutter.project_slug }}.payments.tasks.reconcile_stuck_payments"] = "default"
+    monkeypatch.setitem(app.conf, "task_routes", routes)
+    assert check_task_routes(None) == []
+
+
 def test_route_to_unknown_queue_fails_the_check(stray_task, monkeypatch):
     monkeypatch.setitem(app.conf, "task_routes", {**topology.ROUTES, "elsewhere.*": "urgent"})
     assert ids(check_task_routes(None)) == {"topology.E002"}
