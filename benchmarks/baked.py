@@ -47,10 +47,16 @@ class Baked:
                                 stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
 
 
+def bake(prefix: str, **answers: str) -> Path:
+    """Bake the template, its defaults but for ``answers``, into a new temporary directory."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+    return Path(cookiecutter(str(TEMPLATE), no_input=True, output_dir=str(workdir), extra_context=answers))
+
+
 @contextmanager
 def baked_project(database: str, redis_db: int, broker: str = "redis", **extra_env: str):
-    workdir = Path(tempfile.mkdtemp(prefix=f"{database}-"))
-    path = Path(cookiecutter(str(TEMPLATE), no_input=True, output_dir=str(workdir), extra_context={"broker": broker}))
+    path = bake(database, broker=broker)
+    workdir = path.parent
     if broker == "rabbitmq":
         subprocess.run(["rabbitmqctl", "-q", "delete_vhost", database], check=False, capture_output=True)
         subprocess.run(["rabbitmqctl", "-q", "add_vhost", database], check=True, capture_output=True)

@@ -10,17 +10,16 @@ the first send to the last result, with 1 and then 3 export containers
 """
 
 import argparse
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from baked import bake  # noqa: E402
+
 from tests.compose import images  # noqa: E402
 from tests.compose.stack import Stack, free_port  # noqa: E402
 
-TEMPLATE = Path(__file__).resolve().parent.parent
 FILES = ["docker-compose.production.yml"]
 
 
@@ -30,13 +29,7 @@ def main() -> None:
     parser.add_argument("--exports", type=int, default=6)
     options = parser.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="compose-scale-"))
-    subprocess.run(
-        [sys.executable, "-m", "cookiecutter", "--no-input", str(TEMPLATE), "-o", str(workdir),
-         "project_name=Scale Bench"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    stack = Stack(workdir / "scale_bench", FILES, {"PORT": str(free_port())})
+    stack = Stack(bake("compose-scale", project_name="Scale Bench"), FILES, {"PORT": str(free_port())})
     for image in images.compose_images(stack.path, FILES):
         images.ensure(image)
     rows = []

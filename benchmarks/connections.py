@@ -26,7 +26,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -35,10 +34,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from baked import bake  # noqa: E402
+
 from tests.compose import images  # noqa: E402
 from tests.compose.stack import Stack, free_port  # noqa: E402
 
-TEMPLATE = Path(__file__).resolve().parent.parent
 FILES = ["docker-compose.production.yml"]
 SLUG = "connection_bench"
 
@@ -94,16 +94,6 @@ SAMPLE_PGBOUNCER = (
     'PGPASSWORD="$POSTGRES_PASSWORD" psql -h 127.0.0.1 -p 6432 -U "$POSTGRES_USER" -d pgbouncer -AtX --csv '
     '-c "SHOW CLIENTS" | grep -c "^[a-zA-Z]*,[^,]*,$POSTGRES_DB,"; sleep 0.2; done'
 )
-
-
-def bake() -> Path:
-    workdir = Path(tempfile.mkdtemp(prefix="connection-bench-"))
-    subprocess.run(
-        [sys.executable, "-m", "cookiecutter", "--no-input", str(TEMPLATE), "-o", str(workdir),
-         "project_name=Connection Bench"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return workdir / SLUG
 
 
 def connect_directly(path: Path) -> None:
@@ -186,7 +176,7 @@ def main() -> None:
 
     results = {}
     for setup in ("direct", "pgbouncer"):
-        path = bake()
+        path = bake("connection-bench", project_name="Connection Bench")
         if setup == "direct":
             connect_directly(path)
         stack = Stack(path, FILES, {"PORT": str(free_port())})
