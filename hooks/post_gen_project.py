@@ -27,6 +27,7 @@ REMOVE_WHEN = {
         "tests/rabbitmq.py",
         "tests/test_rabbitmq_integration.py",
     ],
+    ("opentelemetry", "no"): ["config/telemetry.py", "tests/test_telemetry_integration.py"],
 }
 
 # Placeholders replaced by a fresh secret, in every file that contains them.

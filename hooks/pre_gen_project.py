@@ -45,14 +45,14 @@ DEPENDENCY_MODULES = {
     "boto3", "botocore", "celery", "certifi", "cfgv", "charset_normalizer", "click", "click_didyoumean",
     "click_plugins", "click_repl", "cookiecutter", "cron_descriptor", "cronlog", "crontab", "crontabs",
     "cruft", "dateutil", "distlib", "django", "django_celery_beat", "environ", "filelock", "flower", "git",
-    "gitdb", "greenlet", "gunicorn", "hiredis", "honcho", "humanize", "identify", "idna", "iniconfig",
-    "jinja2", "jmespath", "kombu", "markdown_it", "markupsafe", "mdurl", "nodeenv", "packaging",
+    "gitdb", "google", "greenlet", "gunicorn", "hiredis", "honcho", "humanize", "identify", "idna", "iniconfig",
+    "jinja2", "jmespath", "kombu", "markdown_it", "markupsafe", "mdurl", "nodeenv", "opentelemetry", "packaging",
     "platformdirs", "playwright", "pluggy", "pre_commit", "prometheus_client", "prompt_toolkit", "psycopg",
     "psycopg_binary", "py", "pydantic", "pydantic_core", "pygments", "pytest", "pytest_django",
     "python_discovery", "pytz", "redis", "requests", "rich", "ruff", "s3transfer", "shellingham", "six",
     "slugify", "smmap", "sqlparse", "storages", "stripe", "text_unidecode", "timezone_field", "tornado",
     "typer", "typing_extensions", "typing_inspection", "tzdata", "tzlocal", "urllib3", "vine", "virtualenv",
-    "watchfiles", "wcwidth", "whitenoise", "yaml",
+    "watchfiles", "wcwidth", "whitenoise", "wrapt", "yaml",
 }  # fmt: skip
 # Python imports these at start-up when they exist; Windows cannot create these directories.
 STARTUP_MODULES = {"sitecustomize", "usercustomize"}
@@ -199,6 +199,7 @@ RULES = {
     "ci": ((one_of("github", "none"),), "one of those"),
     "storage": ((one_of("local", "s3"),), "one of those"),
     "broker": ((one_of("redis", "rabbitmq"),), "one of those"),
+    "opentelemetry": ((one_of("no", "yes"),), "one of those"),
 }
 
 

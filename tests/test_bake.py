@@ -9,6 +9,8 @@ import pytest
 
 from .conftest import CHOICES, MATRIX, TEMPLATE, assert_ok, run
 
+OTEL = re.compile(r"opentelemetry|otlp|\botel_", re.IGNORECASE)
+
 # Cookiecutter's own syntax. Django templates in the project legitimately use
 # {% if %} and {{ }}, but never {%- (whitespace control), raw blocks or our names.
 LEFTOVERS = re.compile(r"cookiecutter\.|\{%-|-%\}|\{% *(raw|endraw) *%\}|!!![A-Z_]+!!!")
@@ -110,6 +112,18 @@ def test_options_shape_the_files(baked):
     base = (path / "config/settings/base.py").read_text()
     assert ('"x-queue-type": "quorum"' in base) == uses_rabbitmq
     assert ("visibility_timeout" in base) != uses_rabbitmq
+
+    traced = context["opentelemetry"] == "yes"
+    assert (path / "config/telemetry.py").exists() == traced
+    assert (path / "tests/test_telemetry_integration.py").exists() == traced
+    assert ("opentelemetry-sdk==" in (path / "requirements/base.txt").read_text()) == traced
+    # Answered no: not a word of it, apart from the answer recorded in .cruft.json.
+    mentions = [
+        file.relative_to(path)
+        for file in path.rglob("*")
+        if file.is_file() and file.name != ".cruft.json" and OTEL.search(file.read_text(errors="replace"))
+    ]
+    assert bool(mentions) == traced, mentions
 
 
 @pytest.mark.parametrize("pool", ["worker-high", "worker-default", "worker-export"])

@@ -60,6 +60,7 @@ PATTERN_PAGES = [
     "session-cleanup.md",
     "cron.md",
     "monitoring.md",
+    "opentelemetry.md",
     "operations.md",
     "testing.md",
     "when-not-to-use-a-task.md",

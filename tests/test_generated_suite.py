@@ -24,6 +24,8 @@ SUITE_MATRIX = [
         "python_version": "3.11",
         "ci": "none",
         "storage": "s3",
+        # Also the one bake whose suite proves the traces (tests/test_telemetry_integration.py).
+        "opentelemetry": "yes",
     },
     {"project_name": "Rabbit Shop", "python_version": "3.13", "broker": "rabbitmq"},
 ]

@@ -8,6 +8,9 @@ import os
 
 from celery import Celery, bootsteps, signals
 
+{% if cookiecutter.opentelemetry == "yes" -%}
+import config.telemetry  # noqa: F401 -- its signal receivers trace every pool child, and beat
+{% endif -%}
 from config import healthcheck, topology
 
 # --8<-- [start:app]

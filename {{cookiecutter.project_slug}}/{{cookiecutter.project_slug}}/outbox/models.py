@@ -29,6 +29,9 @@ class OutboxMessage(models.Model):
     # Failed publish attempts, and the last error (the broker was down, usually).
     attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True)
+    # The W3C trace context (traceparent) of the request that wrote the row, when the
+    # project traces: the message is published inside that trace, even by the relay.
+    trace_context = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["id"]

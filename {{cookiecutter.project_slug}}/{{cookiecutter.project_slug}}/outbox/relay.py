@@ -19,11 +19,17 @@ import time
 
 from django.conf import settings
 from django.db import transaction
+{%- if cookiecutter.opentelemetry == "yes" %}
+from django.db.models.signals import pre_save
+{%- endif %}
 from django.db.transaction import TransactionManagementError
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerOperationalError
 
 from config.celery_app import app
+{%- if cookiecutter.opentelemetry == "yes" %}
+from config.telemetry import continue_trace, trace_context
+{%- endif %}
 
 from .models import OutboxMessage
 
@@ -113,6 +119,17 @@ def _publish(message: OutboxMessage, connection) -> None:
         # and with a Redis result backend sending would first subscribe to it.
         "ignore_result": True,
     }
+{%- if cookiecutter.opentelemetry == "yes" %}
+    # Published inside the trace of the request that wrote the row (config/telemetry.py):
+    # the message's traceparent makes the task's spans children of that request's.
+    with continue_trace(message.trace_context):
+        _send(message, options)
+{%- else %}
+    _send(message, options)
+{%- endif %}
+
+
+def _send(message: OutboxMessage, options: dict) -> None:
     task = app.tasks.get(message.task_name)
     if task is not None:  # routed and sent as usual (and run eagerly in unit tests)
         task.apply_async(message.args, message.kwargs, **options)
@@ -203,3 +220,17 @@ def unsent_args(task) -> set:
     """The first argument (an id) of every unsent message of ``task``: work that is still on its way."""
     rows = OutboxMessage.objects.filter(task_name=task.name, sent_at__isnull=True).values_list("args", flat=True)
     return {args[0] for args in rows if args}
+{%- if cookiecutter.opentelemetry == "yes" %}
+
+
+# --8<-- [start:save-trace-context]
+def save_trace_context(sender, instance: OutboxMessage, **kwargs) -> None:
+    """A new row saves the trace it is written in, the request's: ``_publish`` publishes it in that trace."""
+    if instance._state.adding and not instance.trace_context:
+        instance.trace_context = trace_context()
+
+
+# Every row enqueue() writes: this module is imported before the first one (outbox.send).
+pre_save.connect(save_trace_context, sender=OutboxMessage)
+# --8<-- [end:save-trace-context]
+{%- endif %}
