@@ -61,6 +61,7 @@ PATTERN_PAGES = [
     "cron.md",
     "monitoring.md",
     "operations.md",
+    "sentry.md",
     "testing.md",
     "when-not-to-use-a-task.md",
     "broker-choice.md",
