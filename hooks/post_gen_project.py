@@ -28,6 +28,7 @@ REMOVE_WHEN = {
         "tests/test_rabbitmq_integration.py",
     ],
     ("opentelemetry", "no"): ["config/telemetry.py", "tests/test_telemetry_integration.py"],
+    ("sentry", "no"): ["config/sentry.py", "tests/sentry_tasks.py", "tests/test_sentry_integration.py"],
 }
 
 # Placeholders replaced by a fresh secret, in every file that contains them.

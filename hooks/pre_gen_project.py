@@ -49,7 +49,7 @@ DEPENDENCY_MODULES = {
     "jinja2", "jmespath", "kombu", "markdown_it", "markupsafe", "mdurl", "nodeenv", "opentelemetry", "packaging",
     "platformdirs", "playwright", "pluggy", "pre_commit", "prometheus_client", "prompt_toolkit", "psycopg",
     "psycopg_binary", "py", "pydantic", "pydantic_core", "pygments", "pytest", "pytest_django",
-    "python_discovery", "pytz", "redis", "requests", "rich", "ruff", "s3transfer", "shellingham", "six",
+    "python_discovery", "pytz", "redis", "requests", "rich", "ruff", "s3transfer", "sentry_sdk", "shellingham", "six",
     "slugify", "smmap", "sqlparse", "storages", "stripe", "text_unidecode", "timezone_field", "tornado",
     "typer", "typing_extensions", "typing_inspection", "tzdata", "tzlocal", "urllib3", "vine", "virtualenv",
     "watchfiles", "wcwidth", "whitenoise", "wrapt", "yaml",
@@ -200,6 +200,7 @@ RULES = {
     "storage": ((one_of("local", "s3"),), "one of those"),
     "broker": ((one_of("redis", "rabbitmq"),), "one of those"),
     "opentelemetry": ((one_of("no", "yes"),), "one of those"),
+    "sentry": ((one_of("yes", "no"),), "one of those"),
 }
 
 

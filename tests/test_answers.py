@@ -168,6 +168,8 @@ REFUSED = [
     ("timezone", 'UTC"', "not a time zone name"),
     ("python_version", "3.9", "not one of 3.11, 3.12, 3.13"),
     ("broker", "kafka", "not one of redis, rabbitmq"),
+    ("sentry", "maybe", "not one of yes, no"),
+    ("sentry", "Yes", "not one of yes, no"),
 ]
 
 

@@ -125,6 +125,19 @@ def test_options_shape_the_files(baked):
     ]
     assert bool(mentions) == traced, mentions
 
+    uses_sentry = context["sentry"] == "yes"
+    assert (path / "config/sentry.py").exists() == uses_sentry
+    assert (path / "tests/test_sentry_integration.py").exists() == uses_sentry
+    assert ("sentry-sdk==" in (path / "requirements/base.txt").read_text()) == uses_sentry
+    assert ("SENTRY_DSN=" in (path / ".envs/.production/.django").read_text()) == uses_sentry
+    if not uses_sentry:  # not a word of it left (but in the answers): no import, setting, variable or comment
+        mentions = [
+            str(file.relative_to(path))
+            for file in path.rglob("*")
+            if file.is_file() and file.name != ".cruft.json" and "sentry" in file.read_text(errors="replace").lower()
+        ]
+        assert mentions == []
+
 
 @pytest.mark.parametrize("pool", ["worker-high", "worker-default", "worker-export"])
 def test_worker_command_prints_from_the_topology(baked, pool):

@@ -62,6 +62,7 @@ PATTERN_PAGES = [
     "monitoring.md",
     "opentelemetry.md",
     "operations.md",
+    "sentry.md",
     "testing.md",
     "when-not-to-use-a-task.md",
     "broker-choice.md",

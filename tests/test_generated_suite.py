@@ -27,7 +27,8 @@ SUITE_MATRIX = [
         # Also the one bake whose suite proves the traces (tests/test_telemetry_integration.py).
         "opentelemetry": "yes",
     },
-    {"project_name": "Rabbit Shop", "python_version": "3.13", "broker": "rabbitmq"},
+    # Also the bake without Sentry: its suite must pass with no sentry-sdk code at all.
+    {"project_name": "Rabbit Shop", "python_version": "3.13", "broker": "rabbitmq", "sentry": "no"},
 ]
 
 

@@ -33,7 +33,14 @@ def test_invalid_answer_is_rejected_with_a_hint(cookies, capfd, answers, message
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("ci", "travis"), ("storage", "ftp"), ("python_version", "3.9"), ("broker", "kafka"), ("opentelemetry", "maybe")],
+    [
+        ("ci", "travis"),
+        ("storage", "ftp"),
+        ("python_version", "3.9"),
+        ("broker", "kafka"),
+        ("sentry", "maybe"),
+        ("opentelemetry", "maybe"),
+    ],
 )
 def test_unknown_option_value_is_rejected(cookies, capfd, option, value):
     result = cookies.bake(extra_context={option: value})

@@ -7,7 +7,7 @@ import environ
 from celery.schedules import crontab
 from kombu import Exchange, Queue
 
-from config import topology
+from config import {% if cookiecutter.sentry == "yes" %}sentry, {% endif %}topology
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 APPS_DIR = BASE_DIR / "{{ cookiecutter.project_slug }}"
@@ -242,6 +242,29 @@ OUTBOX_RELAY_BATCH_SIZE = env.int("OUTBOX_RELAY_BATCH_SIZE", default=100)
 # ------------------------------------------------------------------------------
 # user:password for Prometheus at /metrics; unset, the endpoint refuses everyone.
 METRICS_BASIC_AUTH = env("METRICS_BASIC_AUTH", default="")
+
+{%- if cookiecutter.sentry == "yes" %}
+# --8<-- [start:sentry-settings]
+# Sentry (config/sentry.py, docs/sentry.md): errors, traces and beat check-ins from
+# web, every worker pool and beat; all of them load these settings first.
+# Without SENTRY_DSN nothing is set up and nothing is sent.
+SENTRY_DSN = env("SENTRY_DSN", default="")
+# Empty: the settings module's name ("production", "local").
+SENTRY_ENVIRONMENT = env("SENTRY_ENVIRONMENT", default="")
+# Empty: sentry-sdk's own guess (the git commit, if the code is a checkout).
+SENTRY_RELEASE = env("SENTRY_RELEASE", default="")
+# Fractions of requests and tasks traced, and of those profiled; 0: errors and check-ins only.
+SENTRY_TRACES_SAMPLE_RATE = env.float("SENTRY_TRACES_SAMPLE_RATE", default=0.0)
+SENTRY_PROFILES_SAMPLE_RATE = env.float("SENTRY_PROFILES_SAMPLE_RATE", default=0.0)
+sentry.init(
+    SENTRY_DSN,
+    environment=SENTRY_ENVIRONMENT,
+    release=SENTRY_RELEASE,
+    traces_sample_rate=SENTRY_TRACES_SAMPLE_RATE,
+    profiles_sample_rate=SENTRY_PROFILES_SAMPLE_RATE,
+)
+# --8<-- [end:sentry-settings]
+{%- endif %}
 
 # ------------------------------------------------------------------------------
 # LOGGING

@@ -59,5 +59,10 @@ CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=True)
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-eager-propagates
 CELERY_TASK_EAGER_PROPAGATES = True
 
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#imports
+# Task modules that only the test suite sends (a module in tests/), for the pools a test
+# starts with CELERY_TEST_TASK_MODULES set. The apps' own tasks.py are found anyway.
+CELERY_IMPORTS = env.list("CELERY_TEST_TASK_MODULES", default=[])
+
 # Serve static files straight from the apps; no collectstatic needed.
 WHITENOISE_AUTOREFRESH = True
