@@ -154,6 +154,14 @@ def test_compose_services_read_the_credentials_from_one_env_file(project):
         assert all(port.startswith("127.0.0.1:") for port in ports), name  # never published to the world
 
 
+def test_the_projects_ci_tests_the_rules_with_the_image_compose_runs(project):
+    workflow = yaml.safe_load((project / ".github" / "workflows" / "ci.yml").read_text())
+    (step,) = [step for step in workflow["jobs"]["alert-rules"]["steps"] if "promtool" in step.get("run", "")]
+    for name in ("docker-compose.yml", "docker-compose.production.yml"):
+        image = yaml.safe_load((project / name).read_text())["services"]["prometheus"]["image"]
+        assert f" {image} test rules alerts.test.yml" in step["run"], name
+
+
 # ------------------------------------------------------------------------------
 # The Grafana dashboard
 # ------------------------------------------------------------------------------
