@@ -98,11 +98,15 @@ def test_rules_name_only_exported_series(project):
     recorded = rules(project / "compose" / "prometheus" / "topology.yml")
     assert all(series_in(rule["expr"]) == set() for rule in recorded)  # constants
     known = SERIES | {rule["record"] for rule in recorded}
-    named = {name for rule in rules(project / "compose" / "prometheus" / "alerts.yml") for name in series_in(rule["expr"])}
+    named = {
+        name for rule in rules(project / "compose" / "prometheus" / "alerts.yml") for name in series_in(rule["expr"])
+    }
     assert named - known == set()
     # Sanity of the check itself: it sees the names, and a name outside the contract.
     assert {"celery_queue_length", "celery_task_duration_seconds_bucket", "celery:worker_pool_declared"} <= named
-    assert series_in("rate(celery_task_duration_seconds_total[5m]) > 1") - known == {"celery_task_duration_seconds_total"}
+    assert series_in("rate(celery_task_duration_seconds_total[5m]) > 1") - known == {
+        "celery_task_duration_seconds_total"
+    }
 
 
 # ------------------------------------------------------------------------------
