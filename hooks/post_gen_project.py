@@ -35,9 +35,11 @@ REMOVE_WHEN = {
 SECRET_FILES = [
     ".env",
     ".envs/.local/.django",
+    ".envs/.local/.metrics",
     ".envs/.local/.postgres",
     ".envs/.local/.rabbitmq",
     ".envs/.production/.django",
+    ".envs/.production/.metrics",
     ".envs/.production/.postgres",
     ".envs/.production/.rabbitmq",
 ]

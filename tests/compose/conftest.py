@@ -84,7 +84,8 @@ def make_stack(tmp_path_factory, files: list[str], **context) -> Stack:
     path = bake(tmp_path_factory, **context)
     ensure_images(path, files)
     # Free host ports, read by the compose files from the environment as from a user's shell.
-    env = {"PORT": str(free_port()), "FLOWER_PORT": str(free_port()), "RABBITMQ_MANAGEMENT_PORT": str(free_port())}
+    names = ("PORT", "FLOWER_PORT", "RABBITMQ_MANAGEMENT_PORT", "PROMETHEUS_PORT")
+    env = {name: str(free_port()) for name in names}
     return Stack(path, files, env)
 
 

@@ -106,7 +106,8 @@ class Stack:
             if port not in ours and port_in_use(port):
                 raise ComposeError(
                     f"port {port} on this machine is already in use: stop what listens there, or choose another "
-                    "with PORT / FLOWER_PORT / RABBITMQ_MANAGEMENT_PORT (read from your shell by the compose files)"
+                    "with PORT / FLOWER_PORT / RABBITMQ_MANAGEMENT_PORT / PROMETHEUS_PORT (read from your shell by the "
+                    "compose files)"
                 )
 
     def up(self, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:

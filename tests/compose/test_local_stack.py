@@ -4,12 +4,14 @@ For the default bake and a RabbitMQ bake: every service healthy, migrate ran onc
 before any other Django service, the published ports answer, each example task runs
 in its own pool's container, an export survives a code reload and a `docker compose
 stop` of its worker (handed back, resumed, byte-identical), the containers write into
-the source tree as its owner, and the pools scale out across containers.
+the source tree as its owner, the pools scale out across containers, and Prometheus
+scrapes /metrics with the env file's credentials.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import os
 import urllib.error
 import urllib.request
@@ -19,10 +21,12 @@ import pytest
 
 from ..conftest import DEMO_LOGIN, sign_in
 from .conftest import BAKER_UID, make_stack
+from .prometheus import check_prometheus
 from .stack import Stack, wait_until
 
 FILES = ["docker-compose.yml"]
 DJANGO_SERVICES = {"django", "worker-high", "worker-default", "worker-export", "beat", "flower", "outbox-relay"}
+SERVICES = DJANGO_SERVICES | {"postgres", "redis", "prometheus"}
 # A slow export, so that it can be reloaded and stopped part-way: 100 batches of 2,000
 # rows, 0.2 s each. Only the env file changes; the compose file is tested as baked.
 EXPORT_ROWS = 200_000
@@ -82,7 +86,7 @@ def test_every_service_is_healthy_and_migrate_ran_first(stack):
         assert container["RestartCount"] == 0, service
         if service in DJANGO_SERVICES:
             assert state["StartedAt"] > migrate["State"]["FinishedAt"], f"{service} started before migrate finished"
-    assert DJANGO_SERVICES <= by_service.keys()
+    assert SERVICES <= by_service.keys()
 
 
 def test_first_run_prints_a_demo_login_that_works(stack):
@@ -106,6 +110,19 @@ def test_published_ports_answer(stack):
     assert get(flower + "/")[0] == 401
     assert get(flower + "/", auth=(user, password))[0] == 200
     assert get(flower + "/", auth=(user, "wrong"))[0] == 401
+
+
+def test_prometheus_scrapes_the_web_with_the_env_files_credentials(stack):
+    """compose/prometheus/: the django target is up (basic auth from .envs/.local/.metrics),
+    every queue's SLA is stored, and the alert rules are loaded and evaluate."""
+    prometheus = f"http://127.0.0.1:{stack.env['PROMETHEUS_PORT']}"
+
+    def fetch(path: str) -> dict:
+        status, body = get(prometheus + path)
+        assert status == 200, body
+        return json.loads(body)
+
+    check_prometheus(fetch)
 
 
 def test_each_task_runs_in_its_pools_container(stack):

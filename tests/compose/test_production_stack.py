@@ -18,6 +18,7 @@ import urllib.request
 import pytest
 
 from .conftest import make_stack
+from .prometheus import check_prometheus
 from .stack import Stack, wait_until
 
 FILES = ["docker-compose.production.yml"]
@@ -128,6 +129,16 @@ def test_only_the_web_port_is_published_and_only_on_localhost(stack):
             for binding in bindings or []:
                 published.setdefault(stack.service_of(container), []).append(binding["HostIp"])
     assert published == {"django": ["127.0.0.1"]}  # flower, postgres and redis are internal
+
+
+def test_prometheus_scrapes_the_web_through_the_production_settings(stack):
+    """By the service's name, in plain HTTP, past the host check and the HTTPS redirect;
+    with the credentials of .envs/.production/.metrics. Not published: asked from inside."""
+
+    def fetch(path: str) -> dict:
+        return json.loads(stack.exec("prometheus", "wget", "-q", "-O", "-", f"http://127.0.0.1:9090{path}"))
+
+    check_prometheus(fetch)
 
 
 def psql(stack: Stack, sql: str) -> list[dict]:

@@ -101,7 +101,7 @@ LOGOUT_REDIRECT_URL = "/"
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
 MIDDLEWARE = [
-    # /healthz and /readyz: before host checks, HTTPS redirects and sessions.
+    # /healthz, /readyz and /metrics: before host checks, HTTPS redirects and sessions.
     "{{ cookiecutter.project_slug }}.core.health.HealthCheckMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",

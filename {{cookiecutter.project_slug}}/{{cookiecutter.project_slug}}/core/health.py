@@ -7,12 +7,19 @@ a load balancer stops routing to a process that is not ready.
 
 Both come first in MIDDLEWARE: no host check, no HTTPS redirect, no session, and
 they say nothing but "ok" or which dependency failed.
+
+``/metrics`` is answered here too, for the same reasons: Prometheus scrapes it by
+the compose service's name (``django:8000``, not the site's domain) over the
+internal network in plain HTTP, so the host check and the HTTPS redirect of the
+production settings would refuse it. It has its own basic auth (core/metrics.py).
 """
 
 import logging
 
 from django.db import connection
 from django.http import JsonResponse
+
+from .metrics import metrics_view
 
 logger = logging.getLogger(__name__)
 
@@ -51,5 +58,7 @@ class HealthCheckMiddleware:
             checks = {"database": database_ok(), "broker": broker_ok()}
             body = {name: "ok" if ok else "unavailable" for name, ok in checks.items()}
             return JsonResponse(body, status=200 if all(checks.values()) else 503)
+        if request.path == "/metrics":
+            return metrics_view(request)
         return self.get_response(request)
         # --8<-- [end:readyz]
