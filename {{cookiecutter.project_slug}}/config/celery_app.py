@@ -34,7 +34,10 @@ class HeartbeatFile(bootsteps.StartStopStep):
     """Touch ``<pool>.heartbeat`` from the worker's own timer, for the compose healthcheck.
 
     The timer runs in the worker's main event loop: if the loop hangs, the file
-    goes stale and ``python -m config.healthcheck <pool>`` fails.
+    goes stale and ``python -m config.healthcheck <pool>`` fails. The same beat
+    goes to Redis for Prometheus (``celery_worker_pool_heartbeat_timestamp_seconds``),
+    where an alert sees a pool with no worker left at all, which no container
+    healthcheck can: written off the loop, and a failed write never stops the worker.
     """
 
     requires = {"celery.worker.components:Timer"}
@@ -46,8 +49,15 @@ class HeartbeatFile(bootsteps.StartStopStep):
             self.process = topology.pool_named(node).name
         except KeyError:
             self.process = f"worker-{node}"
+        from {{ cookiecutter.project_slug }}.core.metrics import pool_heartbeat  # needs Django, set up by now
+
+        self.stamp = pool_heartbeat(self.process)
+        self.beat()
+        self.tref = worker.timer.call_repeatedly(healthcheck.HEARTBEAT_INTERVAL, self.beat)
+
+    def beat(self):
         healthcheck.touch(self.process)
-        self.tref = worker.timer.call_repeatedly(healthcheck.HEARTBEAT_INTERVAL, healthcheck.touch, (self.process,))
+        self.stamp()
 
     def stop(self, worker):
         if getattr(self, "tref", None):

@@ -15,11 +15,11 @@ AUTH = "Basic " + base64.b64encode(b"prometheus:secret").decode()
 
 
 def depth(client, queue: str) -> float | None:
-    """The celery_queue_depth sample of ``queue`` in a /metrics scrape."""
+    """The celery_queue_length sample of ``queue`` in a /metrics scrape."""
     body = client.get("/metrics", HTTP_AUTHORIZATION=AUTH).content.decode()
     for family in text_string_to_metric_families(body):
         for sample in family.samples:
-            if sample.name == "celery_queue_depth" and sample.labels["queue"] == queue:
+            if sample.name == "celery_queue_length" and sample.labels["queue_name"] == queue:
                 return sample.value
     return None
 

@@ -2,7 +2,9 @@
 
 Schedules declared in ``CELERY_BEAT_SCHEDULE`` are synced into the database when
 beat starts and stay editable in the admin. Every tick touches the heartbeat file
-that ``python -m config.healthcheck beat`` (the compose healthcheck) reads.
+that ``python -m config.healthcheck beat`` (the compose healthcheck) reads, and at
+most every BEAT_TICK_STAMP_INTERVAL seconds stamps the tick into Redis for
+``/metrics`` (``celery_beat_tick_timestamp_seconds``, off beat's loop, never raising).
 """
 
 import logging
@@ -13,12 +15,21 @@ from django_celery_beat.schedulers import DatabaseScheduler
 
 from config.healthcheck import touch
 
+from .metrics import BEAT_TICK, Heartbeat
+
 logger = logging.getLogger(__name__)
+
+BEAT_TICK_STAMP_INTERVAL = 5  # seconds; beat ticks far more often when entries are due
 
 
 class HeartbeatDatabaseScheduler(DatabaseScheduler):
+    def __init__(self, *args, **kwargs):
+        self.stamp_tick = Heartbeat(BEAT_TICK, min_interval=BEAT_TICK_STAMP_INTERVAL)
+        super().__init__(*args, **kwargs)
+
     def tick(self, *args, **kwargs):
         touch("beat")
+        self.stamp_tick()
         return super().tick(*args, **kwargs)
 
     def reserve(self, entry):

@@ -34,13 +34,33 @@ def database_ok() -> bool:
         return False
 
 
-def broker_ok() -> bool:
+def broker_connection(timeout: float = 2):
+    """A connection to the broker that gives up after about ``timeout`` seconds, whatever the broker does.
+
+    For probes (/readyz, /metrics), never for the workers. ``connect_timeout``
+    alone bounds the TCP connect; a broker that accepts the connection and then
+    never answers (a Redis stuck in a long command, or swapping) would hang the
+    probe for ever without a read timeout too (kombu's Redis transport has none
+    by default). One attempt: the caller says "unavailable" and moves on.
+    """
     from config.celery_app import app
 
+    connection = app.connection_for_write(
+        connect_timeout=timeout,
+        transport_options={"socket_timeout": timeout, "socket_connect_timeout": timeout, "max_retries": 0},
+    )
     try:
-        with app.connection_for_write() as broker:
-            broker.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=2)
-        return True
+        connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
+    except BaseException:
+        connection.release()
+        raise
+    return connection
+
+
+def broker_ok() -> bool:
+    try:
+        with broker_connection():
+            return True
     except Exception:
         logger.exception("readiness: broker unreachable")
         return False

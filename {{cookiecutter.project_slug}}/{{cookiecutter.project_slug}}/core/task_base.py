@@ -6,7 +6,8 @@ One place for what every task needs and nobody should re-implement:
   ``settings.TASK_RETRY_POLICY``). A task opts in to automatic retries by naming
   the exceptions worth retrying: ``@shared_task(autoretry_for=(ProviderTimeout,))``;
 * one structured log line per run: task name, id, queue, worker, retries,
-  duration and outcome;
+  duration and outcome; and the same run counted in the metrics (outcome, and
+  duration in a histogram per task and queue: ``core/metrics.py``);
 * the dead letter: when a task fails for good (retries exhausted, or an error not
   worth retrying) a ``FailedTask`` row records it for an operator, who can replay
   it from the admin or with ``manage.py failed_tasks replay``;
@@ -154,12 +155,13 @@ class BaseTask(DjangoTask):
     def after_return(self, status, retval, task_id, args, kwargs, einfo):
         started = getattr(self.request, "started_monotonic", None)
         duration = time.monotonic() - started if started is not None else 0.0
+        queue = queue_of(self.request, self)
         logger.log(
             logging.ERROR if status == "FAILURE" else logging.INFO,
             "task=%s id=%s queue=%s worker=%s retries=%s duration=%.3fs outcome=%s",
             self.name,
             task_id,
-            queue_of(self.request, self),
+            queue,
             self.request.hostname,
             self.request.retries,
             duration,
@@ -169,7 +171,7 @@ class BaseTask(DjangoTask):
             try:
                 from .metrics import record_task
 
-                record_task(self.name, status.lower(), duration)
+                record_task(self.name, status.lower(), duration, queue)
             except Exception:
                 logger.warning("could not record metrics for %s", self.name, exc_info=True)
                 # --8<-- [end:run-log]
