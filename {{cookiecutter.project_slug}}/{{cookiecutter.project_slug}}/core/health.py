@@ -19,8 +19,6 @@ import logging
 from django.db import connection
 from django.http import JsonResponse
 
-from .metrics import metrics_view
-
 logger = logging.getLogger(__name__)
 
 
@@ -79,6 +77,8 @@ class HealthCheckMiddleware:
             body = {name: "ok" if ok else "unavailable" for name, ok in checks.items()}
             return JsonResponse(body, status=200 if all(checks.values()) else 503)
         if request.path == "/metrics":
+            from .metrics import metrics_view  # here, not at the top: metrics uses broker_connection
+
             return metrics_view(request)
         return self.get_response(request)
         # --8<-- [end:readyz]

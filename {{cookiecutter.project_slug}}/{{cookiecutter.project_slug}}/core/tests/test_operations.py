@@ -6,6 +6,7 @@ import time
 from datetime import timedelta
 
 import pytest
+import redis
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from django.utils import timezone
@@ -143,6 +144,7 @@ def test_metrics_export_latency_sla_and_task_outcomes(client, empty_metrics, mon
     monkeypatch.setattr(metrics, "read_queue_lengths", lambda: {"export": 3})
     metrics.record_latency("high", 0.25)
     metrics.record_task("demo.tasks.example", "success", 0.5, "high")
+    metrics.task_metrics.flush()  # the flusher thread would, within a second
 
     response = client.get("/metrics", HTTP_AUTHORIZATION=basic("prometheus:secret"))
 
@@ -160,6 +162,7 @@ def test_task_durations_make_a_cumulative_histogram(client, empty_metrics):
     for seconds in (0.003, 0.01, 0.2, 0.2, 7, 4000):  # 0.01 is in its own bucket: le means "at most"
         metrics.record_task("demo.tasks.example", "success", seconds, "default")
     metrics.record_task("demo.tasks.example", "failure", 0.04, "low")  # another queue, another histogram
+    metrics.task_metrics.flush()
 
     samples = scrape(client)
 
@@ -177,8 +180,8 @@ def test_task_durations_make_a_cumulative_histogram(client, empty_metrics):
     assert len(low) == len(metrics.DURATION_BUCKETS) + 1  # every bound, and +Inf
 
 
-def test_recording_a_task_is_one_round_trip(empty_metrics):
-    """record_task runs after every task: the histogram must not add a round trip to Redis."""
+def test_a_burst_of_runs_is_one_round_trip_and_none_while_recording(empty_metrics):
+    """record_task runs after every task: it must not talk to Redis; one flush sends a whole burst."""
     client, executed = metrics.store(), []
     pipeline = type(client.pipeline())
     original = pipeline.execute
@@ -190,8 +193,32 @@ def test_recording_a_task_is_one_round_trip(empty_metrics):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(pipeline, "execute", execute)
         patch.setattr(type(client), "execute_command", lambda *args, **kwargs: pytest.fail("a lone command"))
-        metrics.record_task("demo.tasks.example", "success", 0.5, "high")
-    assert executed == [3]
+        for _ in range(1000):
+            metrics.record_task("demo.tasks.example", "success", 0.5, "high")
+        assert executed == []  # nothing sent yet (the flusher thread waits its second)
+        metrics.task_metrics.flush()
+    assert executed == [3]  # the run counter, the one bucket, the sum: summed over the burst
+    assert client.hget(metrics.RUNS, "demo.tasks.example|success") == b"1000"
+
+
+def test_the_flusher_thread_sends_the_counts_within_its_interval(empty_metrics):
+    metrics.record_task("demo.tasks.example", "success", 0.5, "high")
+    deadline = time.monotonic() + 5 * metrics.task_metrics.interval
+    while metrics.store().hget(metrics.RUNS, "demo.tasks.example|success") is None:
+        assert time.monotonic() < deadline, "the counts never reached Redis"
+        time.sleep(0.05)
+
+
+def test_counts_a_flush_could_not_send_go_with_the_next_one(empty_metrics, monkeypatch, caplog):
+    metrics.record_task("demo.tasks.example", "failure", 0.5, "high")
+    working = metrics.store
+    monkeypatch.setattr(metrics, "store", lambda: redis.Redis(port=closed_port(), socket_connect_timeout=0.2))
+    metrics.task_metrics.flush()  # Redis "down": logged, kept
+    assert "kept for the next flush" in caplog.text
+    metrics.record_task("demo.tasks.example", "failure", 0.5, "high")
+    monkeypatch.setattr(metrics, "store", working)
+    metrics.task_metrics.flush()
+    assert working().hget(metrics.RUNS, "demo.tasks.example|failure") == b"2"
 
 
 def test_dead_letters_count_the_rows_not_replayed_per_task(client, empty_metrics):
