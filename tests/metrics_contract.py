@@ -29,6 +29,18 @@ SERIES = frozenset(
 # One name per family, for "every series has a panel".
 FAMILIES = frozenset(GAUGES | COUNTERS | HISTOGRAMS)
 
+# The alert rules compose/prometheus/alerts.yml ships (names fixed by the contract).
+ALERTS = {
+    "CeleryQueueLatencyOverSLA",
+    "CeleryQueueGrowing",
+    "CeleryWorkerPoolMissing",
+    "CeleryBeatSilent",
+    "CeleryTaskFailureRateHigh",
+    "CeleryDeadLettersAppearing",
+    "CeleryMetricsSourceDown",
+    "CeleryTaskDurationP95High",
+}
+
 PROMQL_KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring", "group_left",
                    "group_right", "inf", "nan"}  # fmt: skip
 

@@ -15,18 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .metrics_contract import FAMILIES, SERIES, series_in
-
-ALERTS = {
-    "CeleryQueueLatencyOverSLA",
-    "CeleryQueueGrowing",
-    "CeleryWorkerPoolMissing",
-    "CeleryBeatSilent",
-    "CeleryTaskFailureRateHigh",
-    "CeleryDeadLettersAppearing",
-    "CeleryMetricsSourceDown",
-    "CeleryTaskDurationP95High",
-}
+from .metrics_contract import ALERTS, FAMILIES, SERIES, series_in
 
 
 @pytest.fixture(scope="module")

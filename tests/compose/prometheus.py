@@ -1,4 +1,5 @@
-"""What both stacks' Prometheus must show: the web target up, every queue's SLA, the rules loaded.
+"""What both stacks' Prometheus must show: the web target up, every queue's SLA, every pool's
+heartbeat and beat's tick from their containers, every source readable, the rules loaded.
 
 ``fetch(path)`` returns the parsed JSON of ``GET http://<prometheus>:9090<path>``,
 however the stack reaches it (a published port locally, ``docker compose exec`` in
@@ -10,20 +11,12 @@ from __future__ import annotations
 import urllib.parse
 from collections.abc import Callable
 
+from ..metrics_contract import ALERTS
 from .stack import wait_until
 
-# The fixed queue names (DESIGN.md) and alert names (the metrics contract).
+# The fixed queue and pool names (DESIGN.md).
 QUEUES = {"high", "default", "low", "export"}
-ALERTS = {
-    "CeleryQueueLatencyOverSLA",
-    "CeleryQueueGrowing",
-    "CeleryWorkerPoolMissing",
-    "CeleryBeatSilent",
-    "CeleryTaskFailureRateHigh",
-    "CeleryDeadLettersAppearing",
-    "CeleryMetricsSourceDown",
-    "CeleryTaskDurationP95High",
-}
+POOLS = {"worker-high", "worker-default", "worker-export"}
 
 
 def django_target(fetch: Callable[[str], dict]) -> dict | None:
@@ -43,6 +36,22 @@ def check_prometheus(fetch: Callable[[str], dict]) -> None:
     query = urllib.parse.urlencode({"query": "celery_queue_sla_seconds"})
     samples = fetch(f"/api/v1/query?{query}")["data"]["result"]
     assert sorted(sample["metric"]["queue"] for sample in samples) == sorted(QUEUES)
+
+    def query(expression: str) -> list[dict]:
+        return fetch("/api/v1/query?" + urllib.parse.urlencode({"query": expression}))["data"]["result"]
+
+    # Written by the pools' and beat's own loops into Redis, exported by the web: the
+    # series CeleryWorkerPoolMissing and CeleryBeatSilent read, live from the containers.
+    def heartbeats() -> set[str] | None:
+        pools = {
+            sample["metric"]["pool"]
+            for sample in query("time() - celery_worker_pool_heartbeat_timestamp_seconds < 120")
+        }
+        return pools if pools >= POOLS and query("time() - celery_beat_tick_timestamp_seconds < 120") else None
+
+    wait_until(heartbeats, 90, "every pool's heartbeat and beat's tick in Prometheus")
+    sources = {sample["metric"]["source"]: sample["value"][1] for sample in query("celery_metrics_source_up")}
+    assert sources == {"redis": "1", "broker": "1", "database": "1"}
 
     def evaluated_rules() -> list[dict] | None:
         rules = [rule for group in fetch("/api/v1/rules")["data"]["groups"] for rule in group["rules"]]
