@@ -57,10 +57,16 @@ def test_schedules_are_synced_and_the_canary_fires_within_its_interval(beat, cli
 
     settings.METRICS_BASIC_AUTH = "prometheus:secret"
     auth = "Basic " + base64.b64encode(b"prometheus:secret").decode()
-    body = client.get("/metrics", HTTP_AUTHORIZATION=auth).content.decode()
+    probe_runs = 'task="{{ cookiecutter.project_slug }}.core.tasks.probe_queue_latency"'
+
+    def scrape() -> str | None:
+        # The probes' run counters reach Redis with their pool child's next flush (once a second).
+        body = client.get("/metrics", HTTP_AUTHORIZATION=auth).content.decode()
+        return body if probe_runs in body else None
+
+    body = wait_for(scrape, 10, "the probes' runs in /metrics")
     for queue in topology.QUEUES:
         assert 'celery_queue_latency_seconds{queue="' + queue + '"}' in body
-    assert 'task="{{ cookiecutter.project_slug }}.core.tasks.probe_queue_latency"' in body
 
 
 def test_beat_stamps_its_ticks_for_metrics(beat, client, settings):
