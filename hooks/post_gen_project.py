@@ -2,10 +2,13 @@
 
 import json
 import os
+import re
 import secrets
 import shutil
 import string
 import subprocess
+import sys
+import types
 from pathlib import Path
 
 from cookiecutter.config import BUILTIN_ABBREVIATIONS
@@ -27,9 +30,13 @@ REMOVE_WHEN = {
         "tests/rabbitmq.py",
         "tests/test_rabbitmq_integration.py",
     ],
+    ("kubernetes", "no"): ["k8s", "config/kubernetes.py", "tests/test_kubernetes.py", "tests/keda"],
     ("opentelemetry", "no"): ["config/telemetry.py", "tests/test_telemetry_integration.py"],
     ("sentry", "no"): ["config/sentry.py", "tests/sentry_tasks.py", "tests/test_sentry_integration.py"],
 }
+
+# The Kubernetes overlay's Secret (git-ignored); its example is written beside it.
+KUBERNETES_SECRETS = "k8s/overlays/production/secrets.env"
 
 # Placeholders replaced by a fresh secret, in every file that contains them.
 SECRET_FILES = [
@@ -42,6 +49,7 @@ SECRET_FILES = [
     ".envs/.production/.metrics",
     ".envs/.production/.postgres",
     ".envs/.production/.rabbitmq",
+    KUBERNETES_SECRETS,
 ]
 ALPHABET = string.ascii_letters + string.digits
 
@@ -107,11 +115,39 @@ def record_template() -> None:
     Path(".cruft.json").write_text(json.dumps(cruft, indent=2, ensure_ascii=False) + "\n")
 
 
+def write_kubernetes_base() -> None:
+    """Render k8s/base/ from the topology: what `python -m config.kubernetes` writes later.
+
+    The project's requirements are not installed where cookiecutter runs, and importing
+    the `config` package would start Celery (config/__init__.py). So `config` is given here
+    as a bare namespace, and only config/topology.py and config/kubernetes.py are loaded:
+    they need nothing but the standard library and PyYAML, which cookiecutter itself needs.
+    """
+    package = types.ModuleType("config")
+    package.__path__ = [str(Path("config").resolve())]
+    saved = sys.modules.get("config")
+    sys.modules["config"] = package
+    try:
+        from config import kubernetes
+
+        kubernetes.write()
+    finally:
+        for name in ("config", "config.topology", "config.kubernetes"):
+            sys.modules.pop(name, None)
+        if saved is not None:
+            sys.modules["config"] = saved
+
+
 def main() -> None:
     for (option, value), paths in REMOVE_WHEN.items():
         if CONTEXT[option] == value:
             for path in map(Path, paths):
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if Path(KUBERNETES_SECRETS).exists():
+        # The committed example: the same lines, with change-me for every generated secret.
+        text = Path(KUBERNETES_SECRETS).read_text()
+        Path(KUBERNETES_SECRETS + ".example").write_text(re.sub(r"!!!\w+!!!", "change-me", text))
+        write_kubernetes_base()
     for path in filter(Path.exists, map(Path, SECRET_FILES)):
         text = path.read_text()
         for placeholder, value in SECRETS.items():

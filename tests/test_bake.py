@@ -3,9 +3,11 @@
 import itertools
 import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from .conftest import CHOICES, MATRIX, TEMPLATE, assert_ok, run
 
@@ -137,6 +139,52 @@ def test_options_shape_the_files(baked):
             if file.is_file() and file.name != ".cruft.json" and "sentry" in file.read_text(errors="replace").lower()
         ]
         assert mentions == []
+
+
+def env_names(path) -> set[str]:
+    """The variables an env file sets (KEY=value lines; comments and blanks aside)."""
+    lines = path.read_text().splitlines()
+    return {line.split("=", 1)[0] for line in lines if "=" in line and not line.lstrip().startswith("#")}
+
+
+def test_kubernetes_option_ships_manifests_from_the_topology(baked):
+    context, path = baked.context, baked.path
+    kubernetes = context["kubernetes"] == "yes"
+    for shipped in ("k8s/base/workers.yaml", "k8s/deploy.sh", "config/kubernetes.py", "tests/test_kubernetes.py"):
+        assert (path / shipped).exists() == kubernetes, shipped
+    assert ("kubernetes-validate==" in (path / "requirements/local.txt").read_text()) == kubernetes
+    if not kubernetes:
+        return
+    overlay = path / "k8s/overlays/production"
+    # The bake wrote the Secret's file with fresh secrets; git will not see it.
+    secrets = (overlay / "secrets.env").read_text()
+    assert "!!!" not in secrets
+    example = (overlay / "secrets.env.example").read_text()
+    assert "change-me" in example
+    assert not any(token in example for token in re.findall(r"[A-Za-z0-9]{32,}", secrets))  # no real secret
+    assert env_names(overlay / "secrets.env") == env_names(overlay / "secrets.env.example")
+    assert "k8s/overlays/*/secrets.env" in (path / ".gitignore").read_text()
+    # The ConfigMap and the Secret carry the variables the production env files give
+    # Django, plus what KEDA needs to read the broker.
+    production = path / ".envs/.production"
+    django = env_names(production / ".django") | env_names(production / ".metrics")
+    database = {"DATABASE_URL", "DATABASE_DIRECT_URL", "DATABASE_TRANSACTION_POOLING"}
+    django |= database & env_names(production / ".postgres")
+    cluster = env_names(overlay / "config.env") | env_names(overlay / "secrets.env")
+    assert django - cluster == set()
+    keda = {"KEDA_RABBITMQ_URL"} if context["broker"] == "rabbitmq" else {"KEDA_REDIS_ADDRESS", "KEDA_REDIS_PASSWORD"}
+    assert cluster - django == keda
+    assert not env_names(overlay / "config.env") & env_names(overlay / "secrets.env")
+    # The base was rendered at bake time, for the broker and storage answered.
+    autoscaling = (path / "k8s/base/autoscaling.yaml").read_text()
+    assert autoscaling.count(f"type: {context['broker']}") == 4  # high, default, low, export
+    assert (path / "k8s/base/media.yaml").exists() == (context["storage"] == "local")
+    assert_ok(run([sys.executable, "-m", "config.kubernetes", "--check"], path))
+    if context["broker"] == "redis":  # the reference page shows this bake's worker-high
+        page = (TEMPLATE / "docs" / "kubernetes.md").read_text()
+        shown = yaml.safe_load(page.split("Each pool's `ScaledObject`")[1].split("```yaml")[1].split("```")[0])
+        rendered = [item for item in yaml.safe_load_all(autoscaling) if item and item["kind"] == "ScaledObject"]
+        assert shown["spec"] == rendered[0]["spec"]
 
 
 @pytest.mark.parametrize("pool", ["worker-high", "worker-default", "worker-export"])

@@ -26,9 +26,18 @@ SUITE_MATRIX = [
         "storage": "s3",
         # Also the one bake whose suite proves the traces (tests/test_telemetry_integration.py).
         "opentelemetry": "yes",
+        # And Kubernetes manifests (tests/test_kubernetes.py), for the Redis broker and S3.
+        "kubernetes": "yes",
     },
     # Also the bake without Sentry: its suite must pass with no sentry-sdk code at all.
-    {"project_name": "Rabbit Shop", "python_version": "3.13", "broker": "rabbitmq", "sentry": "no"},
+    # Kubernetes with RabbitMQ's scaler and the shared media volume.
+    {
+        "project_name": "Rabbit Shop",
+        "python_version": "3.13",
+        "broker": "rabbitmq",
+        "sentry": "no",
+        "kubernetes": "yes",
+    },
 ]
 
 

@@ -23,6 +23,8 @@ from .stack import Stack, wait_until
 
 FILES = ["docker-compose.production.yml"]
 DOMAIN = "example.com"  # the template's default domain_name
+# The services that run the project's image (the migrate service has exited by now).
+DJANGO_SERVICES = {"django", "worker-high", "worker-default", "worker-export", "beat", "outbox-relay", "flower"}
 
 
 def get(stack: Stack, path: str) -> tuple[int, dict, bytes]:
@@ -120,6 +122,9 @@ def test_no_container_runs_as_root(stack):
         assert processes, stack.service_of(container)
         root = [command for uid, command in processes if uid == 0]
         assert not root, f"{stack.service_of(container)} runs as root: {root}"
+        if stack.service_of(container) in DJANGO_SERVICES:
+            # The Dockerfile's fixed uid: the Kubernetes manifests' runAsUser (config/kubernetes.py).
+            assert {uid for uid, _ in processes} == {10001}, (stack.service_of(container), processes)
 
 
 def test_only_the_web_port_is_published_and_only_on_localhost(stack):

@@ -95,6 +95,13 @@ class Pool:
     # Seconds the worker lets running tasks finish after SIGTERM (Celery's soft
     # shutdown) before it terminates them and hands their messages back.
     soft_shutdown_timeout: float
+    # How many copies of the pool an autoscaler may run: on a cluster, one Deployment
+    # per pool scaled by the length of its queues (the blueprint's docs/kubernetes.md).
+    # 0 lets a pool scale to zero when its queues are empty, which costs a cold start
+    # (a new pod) before the next task: manage.py check refuses it for a queue whose SLA
+    # is shorter than that (topology.E014). Compose runs one unless you --scale it.
+    min_replicas: int = 1
+    max_replicas: int = 4
 
     @property
     def node(self) -> str:
@@ -139,6 +146,9 @@ POOLS: tuple[Pool, ...] = (
         max_memory_per_child=200_000,
         max_tasks_per_child=1000,
         soft_shutdown_timeout=30,
+        # Never zero: a password reset cannot wait for a pod to start.
+        min_replicas=1,
+        max_replicas=10,
     ),
     # Everyday work and the low-priority backlog. With Redis the worker takes every
     # waiting ``default`` message before the next ``low`` one, because the list
@@ -155,6 +165,8 @@ POOLS: tuple[Pool, ...] = (
         max_memory_per_child=250_000,
         max_tasks_per_child=500,
         soft_shutdown_timeout=60,
+        min_replicas=1,
+        max_replicas=6,
     ),
     # Patient and memory-capped: few children, long limits. Exports checkpoint
     # every batch, so on shutdown they hand their message back almost at once
@@ -169,6 +181,9 @@ POOLS: tuple[Pool, ...] = (
         max_memory_per_child=300_000,
         max_tasks_per_child=20,
         soft_shutdown_timeout=5,
+        # Exports come in bursts and may wait a minute: no pod while none is queued.
+        min_replicas=0,
+        max_replicas=4,
     ),
 )
 # --8<-- [end:pools]
@@ -186,6 +201,12 @@ def pool_named(name: str) -> Pool:
 def pool_for_queue(queue: str) -> Pool | None:
     """The pool consuming ``queue``, or None when no pool does."""
     return next((pool for pool in POOLS if queue in pool.queues), None)
+
+
+# Seconds from the first message on an empty queue to a pool scaled to zero taking
+# it: the autoscaler's polling interval (15 s), scheduling, pulling the image and
+# starting Django and Celery. A queue whose SLA is shorter needs a replica running.
+COLD_START_SECONDS: float = 60.0
 
 
 def longest_time_limit() -> int:

@@ -139,6 +139,7 @@ def check_pools(app_configs, **kwargs):
                 )
             )
             # --8<-- [end:soft-below-hard]
+        errors += _replica_errors(pool)
     if settings.CELERY_TASK_DEFAULT_QUEUE not in topology.QUEUES:
         errors.append(
             checks.Error(
@@ -148,6 +149,35 @@ def check_pools(app_configs, **kwargs):
         )
     errors += _broker_errors()
     return errors
+
+
+# --8<-- [start:check-replicas]
+def _replica_errors(pool: topology.Pool) -> list[checks.Error]:
+    """The bounds within which an autoscaler may run copies of a pool."""
+    if not 0 <= pool.min_replicas <= pool.max_replicas or pool.max_replicas < 1:
+        return [
+            checks.Error(
+                f"Pool {pool.name!r}: replicas must satisfy 0 <= min_replicas <= max_replicas, max_replicas >= 1"
+                f" (got {pool.min_replicas} and {pool.max_replicas}).",
+                id="topology.E015",
+            )
+        ]
+    if pool.min_replicas > 0:
+        return []
+    # Scaled to zero, the pool's next task waits for a pod to start.
+    return [
+        checks.Error(
+            f"Pool {pool.name!r} may scale to zero, but queue {queue!r} must be started within"
+            f" {topology.SLA_SECONDS[queue]:g} s, less than a cold start ({topology.COLD_START_SECONDS:g} s).",
+            hint="Give the pool min_replicas=1 in config/topology.py, or the queue a longer SLA.",
+            id="topology.E014",
+        )
+        for queue in pool.queues
+        if topology.SLA_SECONDS.get(queue, 0) < topology.COLD_START_SECONDS
+    ]
+
+
+# --8<-- [end:check-replicas]
 
 
 def _broker_errors():

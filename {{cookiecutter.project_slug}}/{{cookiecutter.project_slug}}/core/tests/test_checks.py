@@ -82,6 +82,37 @@ def test_queue_without_a_pool_fails_the_check(monkeypatch):
     assert ids(check_pools(None)) == {"topology.E003"}
 
 
+def with_pool(monkeypatch, name, **changes):
+    """The topology with one pool changed (dataclasses.replace keeps the rest)."""
+    from dataclasses import replace
+
+    pools = tuple(replace(pool, **changes) if pool.name == name else pool for pool in topology.POOLS)
+    monkeypatch.setattr(topology, "POOLS", pools)
+
+
+def test_a_pool_whose_queue_cannot_wait_for_a_cold_start_may_not_scale_to_zero(monkeypatch):
+    with_pool(monkeypatch, "worker-high", min_replicas=0)
+    errors = check_pools(None)
+    assert ids(errors) == {"topology.E014"}
+    assert "'high'" in errors[0].msg
+    assert "min_replicas=1" in errors[0].hint
+
+
+def test_a_pool_whose_queues_can_wait_may_scale_to_zero(monkeypatch):
+    export = topology.pool_named("worker-export")
+    assert export.min_replicas == 0  # as shipped
+    assert topology.SLA_SECONDS["export"] >= topology.COLD_START_SECONDS
+    with_pool(monkeypatch, "worker-default", min_replicas=0)
+    # default's SLA (10 s) is shorter than a cold start; low's (300 s) is not.
+    assert [error.msg.split("queue ")[1].split()[0] for error in check_pools(None)] == ["'default'"]
+
+
+@pytest.mark.parametrize(("low", "high"), [(2, 1), (-1, 3), (0, 0)])
+def test_replica_bounds_out_of_order_fail_the_check(monkeypatch, low, high):
+    with_pool(monkeypatch, "worker-export", min_replicas=low, max_replicas=high)
+    assert ids(check_pools(None)) == {"topology.E015"}
+
+
 def test_visibility_timeout_below_longest_time_limit_fails_the_check(settings):
     settings.CELERY_BROKER_URL = "redis://localhost:6379/0"
     settings.CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": topology.longest_time_limit()}
