@@ -37,22 +37,24 @@ TEMPLATE_SYNTAX = re.compile(r"{{|{%|{#")
 PROJECT_NAMES = {
     "config", "tests", "requirements", "conftest", "manage", "docs", "media", "static", "staticfiles",
     "templates", "core", "users", "payments", "exports", "outbox", "imports", "statements", "compose", "scripts",
+    "k8s",
 }  # fmt: skip
 # Top-level modules that requirements/*.txt install, dependencies included: the project's
 # package would shadow one. tests/test_answers.py fails when a new dependency adds a name.
 DEPENDENCY_MODULES = {
-    "amqp", "annotated_doc", "annotated_types", "anyio", "arrow", "asgiref", "billiard", "binaryornot",
-    "boto3", "botocore", "celery", "certifi", "cfgv", "charset_normalizer", "click", "click_didyoumean",
-    "click_plugins", "click_repl", "cookiecutter", "cron_descriptor", "cronlog", "crontab", "crontabs",
-    "cruft", "dateutil", "distlib", "django", "django_celery_beat", "environ", "filelock", "flower", "git",
-    "gitdb", "google", "greenlet", "gunicorn", "hiredis", "honcho", "humanize", "identify", "idna", "iniconfig",
-    "jinja2", "jmespath", "kombu", "markdown_it", "markupsafe", "mdurl", "nodeenv", "opentelemetry", "packaging",
+    "amqp", "annotated_doc", "annotated_types", "anyio", "arrow", "asgiref", "attr", "attrs", "billiard",
+    "binaryornot", "boto3", "botocore", "celery", "certifi", "cfgv", "charset_normalizer", "click",
+    "click_didyoumean", "click_plugins", "click_repl", "cookiecutter", "cron_descriptor", "cronlog", "crontab",
+    "crontabs", "cruft", "dateutil", "distlib", "django", "django_celery_beat", "environ", "filelock", "flower",
+    "git", "gitdb", "google", "greenlet", "gunicorn", "hiredis", "honcho", "humanize", "identify", "idna",
+    "importlib_resources", "iniconfig", "jinja2", "jmespath", "jsonschema", "jsonschema_specifications", "kombu",
+    "kubernetes_validate", "markdown_it", "markupsafe", "mdurl", "nodeenv", "opentelemetry", "packaging",
     "platformdirs", "playwright", "pluggy", "pre_commit", "prometheus_client", "prompt_toolkit", "psycopg",
     "psycopg_binary", "py", "pydantic", "pydantic_core", "pygments", "pytest", "pytest_django",
-    "python_discovery", "pytz", "redis", "requests", "rich", "ruff", "s3transfer", "sentry_sdk", "shellingham", "six",
-    "slugify", "smmap", "sqlparse", "storages", "stripe", "text_unidecode", "timezone_field", "tornado",
-    "typer", "typing_extensions", "typing_inspection", "tzdata", "tzlocal", "urllib3", "vine", "virtualenv",
-    "watchfiles", "wcwidth", "whitenoise", "wrapt", "yaml",
+    "python_discovery", "pytz", "redis", "referencing", "requests", "rich", "rpds", "ruff", "s3transfer",
+    "sentry_sdk", "shellingham", "six", "slugify", "smmap", "sqlparse", "storages", "stripe", "text_unidecode",
+    "timezone_field", "tornado", "typer", "typing_extensions", "typing_inspection", "tzdata", "tzlocal",
+    "urllib3", "vine", "virtualenv", "watchfiles", "wcwidth", "whitenoise", "wrapt", "yaml",
 }  # fmt: skip
 # Python imports these at start-up when they exist; Windows cannot create these directories.
 STARTUP_MODULES = {"sitecustomize", "usercustomize"}
@@ -201,6 +203,7 @@ RULES = {
     "broker": ((one_of("redis", "rabbitmq"),), "one of those"),
     "opentelemetry": ((one_of("no", "yes"),), "one of those"),
     "sentry": ((one_of("yes", "no"),), "one of those"),
+    "kubernetes": ((one_of("no", "yes"),), "one of those"),
 }
 
 
