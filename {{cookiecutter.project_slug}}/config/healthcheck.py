@@ -11,15 +11,23 @@ loop (see ``config/celery_app.py``, ``core/beat.py`` and the ``outbox_relay``
 command): a fresh file proves the loop runs, without the broker round trip of
 ``celery inspect ping`` on every probe and without importing Django. Exit status 0 is healthy, 1 is not.
 
-Environment: HEALTHCHECK_DIR (where the files live), HEALTHCHECK_MAX_AGE (seconds, 60).
+A worker pool or beat whose heartbeat is stale while its broker does not accept
+connections passes: the loop is waiting for the broker, and restarting the process
+(what Kubernetes does when a liveness probe fails) would not bring the broker back;
+it would only add a restart back-off to the outage. Anything else stale fails.
+
+Environment: HEALTHCHECK_DIR (where the files live), HEALTHCHECK_MAX_AGE (seconds, 60),
+CELERY_BROKER_URL or else REDIS_URL (the broker whose port is tried).
 """
 
 import os
+import socket
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from config.topology import POOLS, pool_named
 
@@ -57,6 +65,20 @@ def answers(port: str, path: str) -> bool:
         return False
 
 
+def unreachable_broker() -> str | None:
+    """``host:port`` of the broker when it refuses connections; None when it accepts them (or is unknown)."""
+    url = os.environ.get("CELERY_BROKER_URL") or os.environ.get("REDIS_URL")
+    if not url:
+        return None
+    parts = urlsplit(url)
+    address = (parts.hostname or "127.0.0.1", parts.port or (6379 if parts.scheme.startswith("redis") else 5672))
+    try:
+        socket.create_connection(address, timeout=2).close()
+    except OSError:
+        return f"{address[0]}:{address[1]}"
+    return None
+
+
 def main(argv: list[str]) -> int:
     names = ["web", "flower", "beat", "outbox-relay", *(pool.name for pool in POOLS)]
     if len(argv) != 1 or argv[0] not in names:
@@ -71,6 +93,9 @@ def main(argv: list[str]) -> int:
         if process not in ("beat", "outbox-relay"):
             pool_named(process)
         healthy = fresh(process, float(os.environ.get("HEALTHCHECK_MAX_AGE", "60")))
+        if not healthy and process != "outbox-relay" and (broker := unreachable_broker()):
+            print(f"heartbeat stale, but the broker ({broker}) refuses connections: a restart would not help")
+            return 0
     print("healthy" if healthy else "unhealthy")
     return 0 if healthy else 1
 

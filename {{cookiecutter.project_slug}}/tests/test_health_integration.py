@@ -1,16 +1,19 @@
 """Health endpoints and the compose healthcheck commands, against real processes."""
 
+import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from config.celery_app import app
+from config.healthcheck import heartbeat_file
 
-from .conftest import ROOT, _missing, free_port
+from .conftest import ROOT, _missing, _test_database_url, free_port, start_process, stop_processes, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -94,3 +97,61 @@ def test_worker_healthchecks_pass_while_running_and_fail_when_stopped(worker_poo
 
 def test_healthcheck_rejects_unknown_processes(worker_pools):
     assert healthcheck("worker-reports", worker_pools.env) == 2
+
+
+def probe(process: str, env: dict) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "config.healthcheck", process]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pool_waiting_for_its_broker_passes_its_probe_and_recovers(throwaway_redis, tmp_path):
+    """Kubernetes restarts a container whose liveness probe fails: in a broker outage that only adds back-off.
+
+    A worker's main loop stops while it reconnects to the broker, so its heartbeat goes
+    stale. The probe then tries the broker's port: refused, the probe passes.
+    """
+    url = f"redis://127.0.0.1:{throwaway_redis.port}/0"
+    env = os.environ | {
+        "DJANGO_SETTINGS_MODULE": "config.settings.test",
+        "DATABASE_URL": _test_database_url(),
+        "CELERY_BROKER_URL": url,
+        "REDIS_URL": url,
+        "CELERY_TASK_ALWAYS_EAGER": "0",
+        "CELERY_WORKER_AUTORELOAD": "0",
+        "HEALTHCHECK_DIR": str(tmp_path),
+        "WORKER_HIGH_CONCURRENCY": "1",
+        "WORKER_NODE_PREFIX": f"test-{os.getpid()}-outage-",  # never the session pools' node names
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    probed = env | {"HEALTHCHECK_MAX_AGE": "15"}  # touched every 10 s
+    beats = heartbeat_file("worker-high").name
+
+    def age() -> float:
+        path = tmp_path / beats
+        return time.time() - path.stat().st_mtime if path.exists() else float("inf")
+
+    worker = start_process("worker-high", env, tmp_path / "worker.log")
+    try:
+        wait_for(lambda: age() < 15, timeout=90, message="the worker's first heartbeat")
+        assert probe("worker-high", probed).returncode == 0
+
+        throwaway_redis.stop()
+        wait_for(lambda: age() > 16, timeout=60, message="the heartbeat to go stale while the broker is down")
+        outage = probe("worker-high", probed)
+        assert outage.returncode == 0, outage.stdout
+        assert f"127.0.0.1:{throwaway_redis.port}) refuses connections" in outage.stdout
+        # The same stale heartbeat with a broker that answers: a hung worker, restart it.
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            answering = probed | {"CELERY_BROKER_URL": f"redis://127.0.0.1:{listener.getsockname()[1]}/0"}
+            assert probe("worker-high", answering).returncode == 1
+
+        throwaway_redis.start()  # same port: the worker reconnects and its loop goes on
+        wait_for(lambda: age() < 11, timeout=90, message="a fresh heartbeat after the broker came back")
+        assert probe("worker-high", probed).stdout.strip() == "healthy"
+    finally:
+        stop_processes([worker])
+        log = (tmp_path / "worker.log").read_text(errors="replace")
+    assert "Connected to redis://" in log
