@@ -46,7 +46,7 @@ LABEL = "app.kubernetes.io/name"
 
 # --8<-- [start:pool-sizing]
 # Memory of a worker's main process (the consumer, its broker connection, the
-# heartbeat): measured near 110 MiB, with room to spare.
+# heartbeat): about 105 MB resident in the test suite's pools, with room to spare.
 MAIN_PROCESS_MIB = 192
 # Celery replaces a child only *after* the task that took it past
 # max_memory_per_child, so a child may run over its cap by what one task allocates.
