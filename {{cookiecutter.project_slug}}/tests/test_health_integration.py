@@ -72,9 +72,13 @@ def test_readiness_follows_the_broker(db, client, throwaway_redis):
     assert client.get("/readyz").status_code == 200
 
 
-def healthcheck(process: str, env: dict) -> int:
+def probe(process: str, env: dict) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "config.healthcheck", process]
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, check=False).returncode
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+
+
+def healthcheck(process: str, env: dict) -> int:
+    return probe(process, env).returncode
 
 
 def test_worker_healthchecks_pass_while_running_and_fail_when_stopped(worker_pools):
@@ -97,11 +101,6 @@ def test_worker_healthchecks_pass_while_running_and_fail_when_stopped(worker_poo
 
 def test_healthcheck_rejects_unknown_processes(worker_pools):
     assert healthcheck("worker-reports", worker_pools.env) == 2
-
-
-def probe(process: str, env: dict) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "config.healthcheck", process]
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
 
 
 @pytest.mark.django_db(transaction=True)
