@@ -24,6 +24,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,9 +137,15 @@ class Project:
     def dsn(self) -> str:
         return f"postgresql://postgres@{POSTGRES[0]}:{POSTGRES[1]}/{self.database}"
 
-    def run(self, *args: str, timeout: float = 300) -> str:
+    def run(self, *args: str, timeout: float = 300, env: dict | None = None) -> str:
         result = subprocess.run(
-            args, cwd=self.path, env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+            args,
+            cwd=self.path,
+            env=self.env | (env or {}),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
         assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
         return result.stdout
@@ -204,6 +212,13 @@ def project(drill_services, redis_server, tmp_path_factory) -> Project:
         "HEALTHCHECK_DIR": str(workdir / "health"),
         # Slow exports down (0.2 s per batch) so that a drill can break them part-way.
         "EXPORT_THROTTLE_SECONDS": "0.2",
+        # Every email a file (the soak counts them across processes and restarts).
+        "DJANGO_EMAIL_BACKEND": "django.core.mail.backends.filebased.EmailBackend",
+        "DJANGO_EMAIL_FILE_PATH": str(workdir / "mail"),
+        # The web process and Flower, for the soak (the other drills do not start them).
+        "PORT": str(free_port()),
+        "FLOWER_PORT": str(free_port()),
+        "FLOWER_BASIC_AUTH": "drills:drills-password",
         **CONCURRENCY,
     }
     _admin(f'DROP DATABASE IF EXISTS "{database}"')
@@ -252,14 +267,18 @@ class Pools:
     def hostname(self, name: str) -> str:
         return f"{name.removeprefix('worker-')}@{socket.gethostname()}"
 
-    def start(self, name: str) -> None:
+    def start(self, name: str, env: dict | None = None) -> None:
         """Run the Procfile line ``name`` as honcho does: through a shell, in its own process group."""
-        command = procfile(self.project.path)[name]
+        command = ["/bin/sh", "-c", f"exec {procfile(self.project.path)[name]}"]
+        self.processes[name] = self.spawn_helper(command, name, env)
+
+    def spawn_helper(self, command: list[str], name: str, env: dict | None = None) -> subprocess.Popen:
+        """Start ``command`` in the project (``env`` added to its environment), in its own process group."""
         self.log_offsets[name] = self.log_path(name).stat().st_size if self.log_path(name).exists() else 0
-        self.processes[name] = subprocess.Popen(
-            ["/bin/sh", "-c", f"exec {command}"],
+        return subprocess.Popen(
+            command,
             cwd=self.project.path,
-            env=self.project.env,
+            env=self.project.env | (env or {}),
             stdout=self.log_path(name).open("ab"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -270,7 +289,7 @@ class Pools:
         return process is not None and process.poll() is None
 
     def wait_until_ready(self, names, timeout: float = STARTUP_TIMEOUT) -> None:
-        """Workers answer a ping; beat has touched its heartbeat file since it started."""
+        """Workers answer a ping; beat has touched its heartbeat file since it started; web and flower answer HTTP."""
         started = time.time()
         workers = {self.hostname(name) for name in names if name.startswith("worker-")}
         beat_file = Path(self.project.env["HEALTHCHECK_DIR"]) / "beat.heartbeat"
@@ -289,7 +308,8 @@ class Pools:
                     replies = []
                 answered = {host for reply in replies for host in reply}
             beat_ready = "beat" not in names or (beat_file.exists() and beat_file.stat().st_mtime >= started - 1)
-            return workers <= answered and beat_ready
+            servers = [port for name, port in self.http_ports().items() if name in names]
+            return workers <= answered and beat_ready and all(map(answers_http, servers))
 
         wait_for(ready, timeout, f"{', '.join(names)} to be ready", interval=0.5)
 
@@ -299,8 +319,11 @@ class Pools:
         os.killpg(process.pid, sig) if whole_group else os.kill(process.pid, sig)
         process.wait(timeout=timeout)
 
-    def restart(self, name: str) -> None:
-        self.start(name)
+    def http_ports(self) -> dict[str, int]:
+        return {"web": int(self.project.env["PORT"]), "flower": int(self.project.env["FLOWER_PORT"])}
+
+    def restart(self, name: str, env: dict | None = None) -> None:
+        self.start(name, env)
         self.wait_until_ready([name])
 
     def child_running(self, name: str, task_id: str) -> int:
@@ -313,9 +336,9 @@ class Pools:
 
         return wait_for(find, 30, f"task {task_id} to run on {name}")
 
-    def heal(self) -> None:
-        """Restart whatever a previous drill left dead."""
-        dead = [name for name in PROCESSES if not self.running(name)]
+    def heal(self, names=PROCESSES) -> None:
+        """Restart whatever a previous drill (or fault) left dead."""
+        dead = [name for name in names if not self.running(name)]
         for name in dead:
             self.start(name)
         if dead:
@@ -348,6 +371,17 @@ def pools(session_pools) -> Pools:
     """Every pool and beat, up and answering, whatever the previous drill did to them."""
     session_pools.heal()
     return session_pools
+
+
+def answers_http(port: int) -> bool:
+    """Something answers HTTP on the port (any status: Flower asks for a password)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
 
 
 def part_owners(parts: list[str]) -> list[str]:

@@ -59,9 +59,10 @@ def test_tasks_reuse_their_pools_connections(live_celery):
     opened = sessions_opened() - before
     # Closing after every task would open one session per task (60).
     assert opened <= concurrency, f"{TASKS} tasks opened {opened} database sessions"
-    # And none is kept beside the ones held before: each child goes on with its own.
+    # And each child went on with its own: every connection held before is still open.
+    # (Not "no other backend": another pool's child may connect meanwhile, for its own task.)
     assert held
-    assert set(worker_backends()) <= held
+    assert held <= set(worker_backends())
 
 
 def test_a_connection_the_database_dropped_is_replaced_before_the_next_task(live_celery):

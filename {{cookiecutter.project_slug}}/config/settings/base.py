@@ -155,6 +155,9 @@ EMAIL_BACKEND = env("DJANGO_EMAIL_BACKEND", default="django.core.mail.backends.s
 # From: the site's name, noreply@ the domain. Address quotes the name where it needs it, so
 # that commas, colons and quotes in it still make one valid address (Django encodes accents).
 DEFAULT_FROM_EMAIL = env("DJANGO_DEFAULT_FROM_EMAIL", default="") or str(Address(SITE_NAME, "noreply", DOMAIN_NAME))
+# The SMTP server (production.py defaults to 587 with TLS).
+EMAIL_HOST = env("DJANGO_EMAIL_HOST", default="localhost")
+EMAIL_PORT = env.int("DJANGO_EMAIL_PORT", default=25)
 # Fail fast: a hung SMTP server must not eat the whole task time limit.
 EMAIL_TIMEOUT = 10
 
@@ -178,7 +181,7 @@ PAYMENT_PROVIDER_TIMEOUT = 10
 # Orders PROCESSING (or waiting for authentication, or PENDING with no message
 # waiting in the outbox) for longer than this are re-dispatched or polled by
 # reconciliation (docs/payment-states.md, docs/outbox.md).
-PAYMENT_STUCK_AFTER_MINUTES = 10
+PAYMENT_STUCK_AFTER_MINUTES = env.int("PAYMENT_STUCK_AFTER_MINUTES", default=10)
 # A customer who has not authenticated (3-D Secure) after this long has given up:
 # reconciliation cancels the payment and fails the order.
 PAYMENT_ACTION_TIMEOUT_MINUTES = env.int("PAYMENT_ACTION_TIMEOUT_MINUTES", default=60)
@@ -436,6 +439,12 @@ CELERY_BEAT_SCHEDULE = {
     },
     "queue-latency-probe": {
         "task": "{{ cookiecutter.project_slug }}.core.tasks.dispatch_latency_probes",
+        "schedule": crontab(),  # every minute
+        "options": {"queue": "default", "expire_seconds": 50},
+    },
+    # Password resets whose message a killed worker took with it (users/tasks.py).
+    "password-reset-resend": {
+        "task": "{{ cookiecutter.project_slug }}.users.tasks.resend_lost_password_resets",
         "schedule": crontab(),  # every minute
         "options": {"queue": "default", "expire_seconds": 50},
     },

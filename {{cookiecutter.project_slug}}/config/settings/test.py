@@ -38,7 +38,12 @@ SECRET_KEY = env("DJANGO_SECRET_KEY", default="test-only-secret-key-not-for-prod
 ALLOWED_HOSTS = ["testserver", "localhost", "127.0.0.1"]
 # Fast hashing: the suite creates many users.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+# In memory (``mail.outbox``). Processes that other processes must see the mail of
+# (the chaos soak counts every email its worker pools sent) use the file backend:
+# DJANGO_EMAIL_BACKEND=django.core.mail.backends.filebased.EmailBackend and
+# DJANGO_EMAIL_FILE_PATH, one file per message.
+EMAIL_BACKEND = env("DJANGO_EMAIL_BACKEND", default="django.core.mail.backends.locmem.EmailBackend")
+EMAIL_FILE_PATH = env("DJANGO_EMAIL_FILE_PATH", default="")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

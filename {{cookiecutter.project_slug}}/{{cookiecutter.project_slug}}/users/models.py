@@ -15,6 +15,8 @@ class PasswordResetRequest(models.Model):
     # A worker claimed the sending (a short lease), and when it finished.
     claimed_at = models.DateTimeField(null=True, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
+    # Times ``resend_lost_password_resets`` sent it again (its message was lost).
+    resends = models.PositiveSmallIntegerField(default=0)
 
     def __str__(self):
         return f"password reset {self.pk} for user {self.user_id}"

@@ -7,13 +7,15 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.tokens import default_token_generator
 from django.core.mail import send_mail
-from django.db.models import Q
+from django.db import transaction
+from django.db.models import F, Q
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.encoding import force_bytes
 from django.utils.http import urlsafe_base64_encode
 
+from .. import outbox
 from .models import PasswordResetRequest
 
 logger = logging.getLogger(__name__)
@@ -66,6 +68,43 @@ def send_password_reset_email(user_id: int, request_id: int | None = None) -> st
     logger.info("password reset email sent to user %s", user.pk)
     return "sent"
     # --8<-- [end:send-password-reset]
+
+
+# --8<-- [start:resend-lost-resets]
+# A request still unsent a claim lease after it was made, and not claimed now, lost
+# its message. With Redis, a worker that was killed (OOM, a node lost) while it ran
+# or held the message leaves it in the broker's unacked hash until the visibility
+# timeout: an hour. Nobody wants a reset link an hour late.
+RESEND_AFTER = CLAIM_LEASE
+# Sent again at most this often, and only while the link is still worth sending.
+MAX_RESENDS = 3
+RESEND_WITHIN = timedelta(minutes=30)
+
+
+@shared_task
+def resend_lost_password_resets(dry_run: bool = False) -> list[int]:
+    """Send again the reset requests whose message was lost (beat, every minute); returns their ids.
+
+    Safe to overlap with the lost message, if it ever comes back: the claim in
+    ``send_password_reset_email`` lets one of them send. Bounded: a request is
+    sent again at most MAX_RESENDS times (an SMTP outage ends in the task's dead
+    letters, not in a resend every minute), and not after RESEND_WITHIN.
+    """
+    now = timezone.now()
+    lost = (
+        PasswordResetRequest.objects.filter(sent_at__isnull=True, resends__lt=MAX_RESENDS)
+        .filter(created_at__lt=now - RESEND_AFTER, created_at__gte=now - RESEND_WITHIN)
+        .filter(Q(claimed_at__isnull=True) | Q(claimed_at__lt=now - CLAIM_LEASE))
+    )
+    requests = list(lost.values_list("pk", "user_id"))
+    if not dry_run:
+        for request_id, user_id in requests:
+            logger.warning("password reset %s: not sent after %s, sending it again", request_id, RESEND_AFTER)
+            with transaction.atomic():  # through the outbox: a broker outage loses nothing here either
+                PasswordResetRequest.objects.filter(pk=request_id).update(resends=F("resends") + 1)
+                outbox.send(send_password_reset_email, user_id, request_id)
+    return [request_id for request_id, _ in requests]
+    # --8<-- [end:resend-lost-resets]
 
 
 def _send(user) -> None:

@@ -1,10 +1,14 @@
+from datetime import timedelta
+
 import pytest
 from django.contrib.auth import get_user_model
 from django.core import mail
 from django.urls import reverse
+from django.utils import timezone
 
+from ... import outbox
 from ..models import PasswordResetRequest
-from ..tasks import send_password_reset_email
+from ..tasks import CLAIM_LEASE, MAX_RESENDS, resend_lost_password_resets, send_password_reset_email
 
 
 @pytest.fixture
@@ -66,3 +70,43 @@ def test_reset_view_dispatches_only_after_commit(user, client, django_capture_on
     callbacks[0]()  # the commit happens: the task is sent (and runs eagerly in tests)
     assert len(mail.outbox) == 1
     assert PasswordResetRequest.objects.get().sent_at is not None
+
+
+# --- Requests whose message was lost (a worker killed while it held it) ----------
+def lost_request(user, age_seconds: int, **fields) -> PasswordResetRequest:
+    request = PasswordResetRequest.objects.create(user=user, **fields)
+    created = timezone.now() - timedelta(seconds=age_seconds)
+    PasswordResetRequest.objects.filter(pk=request.pk).update(created_at=created)
+    return request
+
+
+def test_a_lost_request_is_sent_again_once(user, django_capture_on_commit_callbacks):
+    lost = lost_request(user, 90)
+    lost_request(user, 10)  # its message is probably still on its way
+    lost_request(user, 3600)  # too old: a link this late helps nobody
+    lost_request(user, 90, sent_at=timezone.now())
+    lost_request(user, 90, claimed_at=timezone.now())  # a worker is sending it right now
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert resend_lost_password_resets() == [lost.pk]
+    assert len(mail.outbox) == 1
+    lost.refresh_from_db()
+    assert lost.sent_at is not None
+    assert lost.resends == 1
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert resend_lost_password_resets() == []  # sent now: never again
+    assert len(mail.outbox) == 1
+
+
+def test_an_expired_claim_counts_as_lost_and_resends_are_bounded(user, monkeypatch):
+    stale_claim = timezone.now() - CLAIM_LEASE - timedelta(seconds=1)
+    lost = lost_request(user, 300, claimed_at=stale_claim)
+    sent = []
+    monkeypatch.setattr(outbox, "send", lambda task, *args: sent.append(args))
+
+    for _ in range(MAX_RESENDS + 2):  # the message is lost every time
+        resend_lost_password_resets()
+
+    assert sent == [(user.pk, lost.pk)] * MAX_RESENDS
+    assert resend_lost_password_resets(dry_run=True) == []
