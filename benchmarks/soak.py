@@ -7,7 +7,7 @@ every Procfile process) with a random seed unless one is given, and prints the
 seed, the faults injected, the operations completed and the invariant results.
 Replay a failing run with ``--seed`` and the same ``--minutes``. Needs what the
 drills need: Postgres on 127.0.0.1:5432 and a ``redis-server`` binary.
-Not part of the test suite (CI runs the 90-second version).
+Not part of the test suite (CI runs the 75-second version).
 """
 
 import argparse

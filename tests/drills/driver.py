@@ -449,11 +449,13 @@ def load(args) -> dict:
                         payment_method="pm_card_visa",
                     )
                     outbox.send(process_payment, order.pk)
-            except Exception as error:  # noqa: BLE001 (Redis or Postgres is down right now: nothing was created)
+            except Exception as error:  # noqa: BLE001 (Redis or Postgres went away)
+                # Most likely nothing was created; but a connection cut during COMMIT
+                # leaves us not knowing. Either way the key says what its order must become.
                 connection.close()
-                record({"op": "scripted-payment", "plan": plan, "error": type(error).__name__})
-                return
-            entry = {"op": "scripted-payment", "plan": plan, "order": order.pk, "key": str(key)}
+                entry = {"op": "scripted-payment", "plan": plan, "key": str(key), "error": type(error).__name__}
+            else:
+                entry = {"op": "scripted-payment", "plan": plan, "key": str(key), "order": order.pk}
             record(entry | {"expect": SOAK_PLANS[plan][1]})
 
         def reset() -> None:

@@ -8,7 +8,7 @@ cancellations through the web process. Beat runs its schedule throughout.
 One run:
 
 1. ``soak-setup``: customers, and export owners with 0 to 12,000 transactions.
-2. Load for ``seconds``, and at the same time faults every 2 to 6 seconds
+2. Load for ``seconds``, and at the same time faults every 1.5 to 4.5 seconds
    (``FAULTS``), each logged with its time. The RNG is seeded: the same seed
    picks the same faults (every kind once, then again in another order) in the
    same order and the same operations (what the
@@ -64,7 +64,8 @@ class Soak:
     # Faults
     # --------------------------------------------------------------------------
     def fault(self, name: str, target: str, action, detail: str = "") -> None:
-        entry = {"t": round(time.monotonic() - self.started, 3), "fault": f"{name}: {target}", "detail": detail}
+        entry = {"t": round(time.monotonic() - self.started, 3), "kind": self.kind, "fault": f"{name}: {target}"}
+        entry["detail"] = detail
         self.faults.append(entry)
         with self.fault_log.open("a") as log:
             log.write(json.dumps(entry) + "\n")
@@ -163,7 +164,8 @@ class Soak:
     def next_fault(self):
         if not self.deck:
             self.deck = self.rng.sample(self.FAULTS, len(self.FAULTS))
-        return getattr(self, self.deck.pop())
+        self.kind = self.deck.pop()
+        return getattr(self, self.kind)
 
     # --------------------------------------------------------------------------
     # The run
@@ -182,7 +184,7 @@ class Soak:
         load = self.pools.spawn_helper(command, "load")
         self.deck = []
         while load.poll() is None and time.monotonic() - self.started < self.seconds:
-            time.sleep(self.rng.uniform(2, 6))
+            time.sleep(self.rng.uniform(1.5, 4.5))
             if time.monotonic() - self.started >= self.seconds:
                 break
             self.next_fault()()
@@ -207,6 +209,7 @@ class Soak:
             "settled": settled,
             "faults": dict(Counter(entry["fault"] for entry in self.faults)),
             "fault_count": len(self.faults),
+            "fault_kinds": sorted({entry["kind"] for entry in self.faults}),
             "operations": dict(Counter(entry["op"] for entry in operations)),
             "outcomes": outcomes(state),
             "emails": len(mail),

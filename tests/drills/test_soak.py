@@ -1,4 +1,4 @@
-"""The chaos soak, short: 90 seconds of traffic and faults with a fixed seed, then every invariant.
+"""The chaos soak, short: 75 seconds of traffic and faults with a fixed seed, then every invariant.
 
 ``benchmarks/soak.py`` runs the same test for 30 minutes or more with a random
 seed (SOAK_SECONDS, SOAK_SEED; SOAK_REPORT names a file for the JSON report).
@@ -16,7 +16,7 @@ from .soak import Soak
 pytestmark = pytest.mark.drill
 
 SEED = 20261122
-SECONDS = 90
+SECONDS = 75
 
 
 def test_chaos_soak_loses_nothing_and_doubles_nothing(project, pools, redis_server, tmp_path_factory):
@@ -35,6 +35,6 @@ def test_chaos_soak_loses_nothing_and_doubles_nothing(project, pools, redis_serv
         with open(os.environ["SOAK_REPORT"], "w") as handle:
             json.dump(report, handle, indent=2)
     # The soak must have done what it claims: faults of many kinds, and traffic of every kind.
-    assert len(report["faults"]) >= 4, report["faults"]
+    assert len(report["fault_kinds"]) >= 6, report["faults"]
     assert set(report["operations"]) >= {"checkout", "scripted-payment", "reset", "export"}, report["operations"]
     assert report["violations"] == [], f"seed {report['seed']}: {len(report['violations'])} violations"

@@ -72,9 +72,11 @@ def send_password_reset_email(user_id: int, request_id: int | None = None) -> st
 
 # --8<-- [start:resend-lost-resets]
 # A request still unsent a claim lease after it was made, and not claimed now, lost
-# its message. With Redis, a worker that was killed (OOM, a node lost) while it ran
-# or held the message leaves it in the broker's unacked hash until the visibility
-# timeout: an hour. Nobody wants a reset link an hour late.
+# its message or its sender. With Redis, a worker that was killed (OOM, a node lost)
+# while it ran or held the message leaves it in the broker's unacked hash until the
+# visibility timeout: an hour. A pool process killed mid-send is retried at once, but
+# the retry finds the dead sender's claim still held and stands down. Either way
+# nothing else would ever send it, and nobody wants a reset link an hour late.
 RESEND_AFTER = CLAIM_LEASE
 # Sent again at most this often, and only while the link is still worth sending.
 MAX_RESENDS = 3
