@@ -333,6 +333,7 @@ class Web:
         self.base, self.username, self.deadline = base, username, deadline
         self.session = requests.Session()
         self.signed_in = False
+        self.location = ""  # where the last answered POST redirected to
 
     def csrf(self) -> str:
         return self.session.cookies.get("csrftoken", "")
