@@ -5,11 +5,14 @@ import itertools
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import time
 import urllib.parse
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,6 +101,32 @@ def reachable(address) -> bool:
             return True
     except OSError:
         return False
+
+
+def missing(reason: str):
+    """What the test needs is not on this machine: fail in CI, skip elsewhere."""
+    if os.environ.get("CI"):
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+@contextmanager
+def redis_server(directory: Path):
+    """A redis-server of the caller's own on a free port, keeping nothing on disk; yields its URL."""
+    if not shutil.which("redis-server"):
+        missing("the redis-server binary is needed (apt install redis-server)")
+    port = free_port()
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(directory)]
+    process = subprocess.Popen([shutil.which("redis-server"), *args], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not reachable(("127.0.0.1", port)):
+            assert process.poll() is None and time.monotonic() < deadline, f"redis-server on port {port} did not start"
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 def baked_suites_redis_database() -> int:

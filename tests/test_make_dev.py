@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import CHOICES, DEMO_LOGIN, free_port, sign_in
+from .conftest import CHOICES, DEMO_LOGIN, free_port, missing, sign_in
+from .conftest import redis_server as own_redis_server
 
 # The oldest Python a bake may run on (tests/test_python_floor.py keeps it in step).
 FLOOR = min(tuple(map(int, version.split("."))) for version in CHOICES["python_version"])
@@ -31,12 +32,6 @@ PROCESSES = ("web", "worker-high", "worker-default", "worker-export", "beat", "f
 NOT_FROM_THE_SHELL = ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "REDIS_URL", "DATABASE_URL")
 NOT_FROM_THE_SHELL_PREFIXES = ("DJANGO_", "CELERY_", "FLOWER_", "WORKER_")
 STARTUP_TIMEOUT = 600  # includes creating .venv from PyPI
-
-
-def missing(reason: str):
-    if os.environ.get("CI"):
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason)
 
 
 def fresh_shell_environment() -> dict[str, str]:
@@ -79,14 +74,8 @@ def processes_in(directory: Path) -> list[str]:
 @pytest.fixture
 def redis_server(tmp_path):
     """A redis-server of this test's own, on a free port."""
-    if not shutil.which("redis-server"):
-        missing("the redis-server binary is needed (apt install redis-server)")
-    port = free_port()
-    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)]
-    process = subprocess.Popen([shutil.which("redis-server"), *args], stdout=subprocess.DEVNULL)
-    yield f"redis://127.0.0.1:{port}/0"
-    process.terminate()
-    process.wait(timeout=10)
+    with own_redis_server(tmp_path) as url:
+        yield url
 
 
 @pytest.mark.slow
