@@ -11,9 +11,9 @@ One run:
 2. Load for ``seconds``, and at the same time faults every 1.5 to 4.5 seconds
    (``FAULTS``), each logged with its time. The RNG is seeded: the same seed
    picks the same faults (every kind once, then again in another order) in the
-   same order and the same operations (what the
-   processes are doing at that moment still differs from run to run).
-   After each fault every process is started again, as a process manager would.
+   same order, and the same operations. What the processes are doing at that
+   moment still differs from run to run. After each fault every process is
+   started again, as a process manager would.
 3. A quiet period: no load, no faults. Retries finish, beat's watchdog resumes
    exports, and reconciliation (run every 20 s here, as cron would run it; beat
    runs it every 5 minutes) sends payments nobody is settling again.
