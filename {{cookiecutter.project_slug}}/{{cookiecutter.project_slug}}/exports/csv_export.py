@@ -403,6 +403,9 @@ class ExportRunner:
         if job.parts:
             previous = job.parts[-1]
             copy_prefix(default_storage.path(previous), self._out, job.bytes_written)
+            # In the file before the checkpoint names it and the previous file goes:
+            # a runner killed right after would otherwise take the prefix with it.
+            self._out.flush()
             self._checkpoint(job, parts=[*job.parts, self.file_name()])
             default_storage.delete(previous)
 

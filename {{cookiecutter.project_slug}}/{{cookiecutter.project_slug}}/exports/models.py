@@ -168,11 +168,12 @@ class ExportJob(models.Model):
         )
 
     @classmethod
-    def release(cls, pk: int, owner: str, hold: timedelta | None = None) -> None:
-        """Give the lease up. With ``hold``, any runner may claim the job, but the
-        watchdog leaves it alone that long (a retry is on its way)."""
+    def release(cls, pk: int, owner: str, hold: timedelta | None = None) -> bool:
+        """Give the lease up; False if ``owner`` no longer held it. With ``hold``, any
+        runner may claim the job, but the watchdog leaves it alone that long (a retry
+        is on its way)."""
         expires = timezone.now() + hold if hold else None
-        cls.objects.filter(pk=pk, lease_owner=owner).update(lease_owner="", lease_expires_at=expires)
+        return bool(cls.objects.filter(pk=pk, lease_owner=owner).update(lease_owner="", lease_expires_at=expires))
 
     @classmethod
     def stale(cls):
@@ -184,6 +185,16 @@ class ExportJob(models.Model):
         unfinished = cls.objects.filter(status__in=cls.ACTIVE)
         unowned = Q(lease_owner="", lease_expires_at__isnull=True, created_at__lt=now - cls.lease_duration())
         return unfinished.filter(Q(lease_expires_at__lt=now) | unowned)
+
+    @classmethod
+    def abandoned(cls):
+        """Ended jobs still leased by a runner that stopped renewing: it died before it noticed the end.
+
+        A user cancels a running export, and its worker is killed before the next
+        checkpoint: the job is CANCELLED but keeps the dead runner's lease.
+        """
+        ended = cls.objects.exclude(status__in=cls.ACTIVE).exclude(lease_owner="")
+        return ended.filter(lease_expires_at__lt=timezone.now())
         # --8<-- [end:lease]
 
     @classmethod

@@ -175,12 +175,21 @@ def export_watchdog(dry_run: bool = False) -> list[int]:
     With Redis, a SIGKILLed worker's message only comes back after the visibility
     timeout (an hour); this brings the job back within a lease plus a minute.
     A duplicate dispatch is harmless: only one runner gets the lease. Failed and
-    cancelled jobs are finished (``ExportJob.stale()``): never sent again.
+    cancelled jobs are finished (``ExportJob.stale()``): never sent again, but
+    one whose runner died before it noticed the end still holds that runner's
+    lease (and any part it wrote after the cancel). Nobody else would ever free
+    them: the watchdog does.
     """
     stale = list(ExportJob.stale().values_list("pk", flat=True))
     for pk in [] if dry_run else stale:
         logger.warning("export watchdog: job %s has no live runner, re-dispatching", pk)
         generate_csv_export.delay(pk)
+    for job in [] if dry_run else ExportJob.abandoned():
+        # Only the dead runner's lease is released: a runner that wakes up now finds
+        # the job ended at its next checkpoint and tidies up too (both idempotent).
+        if ExportJob.release(job.pk, job.lease_owner):
+            ExportRunner.delete_parts(job)
+            logger.warning("export watchdog: job %s is %s, its runner died; lease and parts freed", job.pk, job.status)
     return stale
     # --8<-- [end:watchdog]
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.core.management import CommandError, call_command
 from django.db import close_old_connections, connection
@@ -153,6 +154,23 @@ def test_a_job_waiting_for_its_retry_is_left_to_the_retry(user):
     ExportJob.release(job.pk, "runner", hold=timedelta(minutes=2))
     assert export_watchdog() == []  # not sent beside the retry
     assert ExportJob.claim(job.pk, "the-retry")  # which may claim it at once
+
+
+def test_a_job_cancelled_under_a_runner_that_died_is_freed_by_the_watchdog(user):
+    # Found by the chaos soak: the user cancels, the worker is killed before the
+    # runner's next checkpoint, and the job kept the dead runner's lease and parts.
+    job = ExportJob.objects.create(user=user)
+    assert ExportJob.claim(job.pk, "dead-runner")
+    default_storage.save(f"exports/{job.pk}/part-00000.csv", ContentFile(b"1,2\n"))
+    assert ExportJob.cancel(job.pk, user)
+    assert export_watchdog() == []  # the lease is still live: nothing to do yet
+    assert ExportJob.objects.get(pk=job.pk).lease_owner == "dead-runner"
+
+    ExportJob.objects.filter(pk=job.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert export_watchdog() == []  # not sent again: it is cancelled
+    job.refresh_from_db()
+    assert (job.status, job.lease_owner, job.lease_expires_at) == (ExportJob.Status.CANCELLED, "", None)
+    assert default_storage.listdir(f"exports/{job.pk}")[1] == []
 
 
 def test_the_page_and_the_list_show_why_an_export_failed(user, client):

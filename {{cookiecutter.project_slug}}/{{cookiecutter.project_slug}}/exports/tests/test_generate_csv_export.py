@@ -225,6 +225,34 @@ def test_a_file_shorter_than_its_checkpoint_is_not_resumed(user):
         second.run()
 
 
+def test_a_resumed_file_holds_its_prefix_before_the_previous_one_is_deleted(user, monkeypatch):
+    # Found by the chaos soak: a resuming runner SIGKILLed just after it deleted the
+    # previous runner's file lost the prefix still in its write buffer, and the next
+    # resume failed the export with ExportFileDamaged.
+    add_rows(user, descriptions=[f"row {i}" for i in range(30)])
+    job = ExportJob.objects.create(user=user)
+    first = ExportRunner(job.pk, should_stop=iter([False, False, True]).__next__)
+    assert ExportJob.claim(job.pk, first.owner)
+    with pytest.raises(StopRequested):
+        first.run()
+    job.refresh_from_db()
+    (previous,) = job.parts
+    ExportJob.release(job.pk, first.owner)
+
+    second = ExportRunner(job.pk)
+    on_disk, delete = {}, default_storage.delete
+
+    def delete_and_look(name):
+        # What a SIGKILL at this moment would leave of the second runner's file.
+        on_disk[name] = Path(default_storage.path(second.file_name())).stat().st_size
+        delete(name)
+
+    monkeypatch.setattr(default_storage, "delete", delete_and_look)
+    assert ExportJob.claim(job.pk, second.owner)
+    second.run()
+    assert on_disk[previous] == job.bytes_written
+
+
 def test_a_live_lease_keeps_a_second_runner_out(user):
     add_rows(user)
     job = ExportJob.objects.create(user=user)
