@@ -207,7 +207,8 @@ def test_a_runner_killed_after_writing_past_its_checkpoint_resumes_byte_identica
     assert files_in_job_directory(job) == [Path(job.file.name).name]  # the first runner's file is gone
 
 
-def test_a_file_shorter_than_its_checkpoint_is_not_resumed(user):
+def stopped_after_two_batches(user) -> tuple[ExportJob, ExportRunner]:
+    """A job of 30 rows whose first runner stopped after two checkpointed batches (its lease still held)."""
     add_rows(user, descriptions=[f"row {i}" for i in range(30)])
     job = ExportJob.objects.create(user=user)
     first = ExportRunner(job.pk, should_stop=iter([False, False, True]).__next__)
@@ -215,6 +216,11 @@ def test_a_file_shorter_than_its_checkpoint_is_not_resumed(user):
     with pytest.raises(StopRequested):
         first.run()
     job.refresh_from_db()
+    return job, first
+
+
+def test_a_file_shorter_than_its_checkpoint_is_not_resumed(user):
+    job, first = stopped_after_two_batches(user)
     with default_storage.open(job.parts[-1], "r+b") as handle:  # e.g. a write lost with a crashed disk
         handle.truncate(job.bytes_written - 1)
     ExportJob.release(job.pk, first.owner)
@@ -229,13 +235,7 @@ def test_a_resumed_file_holds_its_prefix_before_the_previous_one_is_deleted(user
     # Found by the chaos soak: a resuming runner SIGKILLed just after it deleted the
     # previous runner's file lost the prefix still in its write buffer, and the next
     # resume failed the export with ExportFileDamaged.
-    add_rows(user, descriptions=[f"row {i}" for i in range(30)])
-    job = ExportJob.objects.create(user=user)
-    first = ExportRunner(job.pk, should_stop=iter([False, False, True]).__next__)
-    assert ExportJob.claim(job.pk, first.owner)
-    with pytest.raises(StopRequested):
-        first.run()
-    job.refresh_from_db()
+    job, first = stopped_after_two_batches(user)
     (previous,) = job.parts
     ExportJob.release(job.pk, first.owner)
 
