@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from .conftest import missing
 from .metrics_contract import ALERTS, FAMILIES, SERIES, series_in
 
 
@@ -30,10 +31,7 @@ def project(cookies_session) -> Path:
 def promtool() -> str:
     path = shutil.which("promtool")
     if path is None:
-        message = "promtool not found: apt install prometheus (./scripts/test does it as root)"
-        if os.environ.get("CI"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        missing("promtool not found: apt install prometheus (./scripts/test does it as root)")
     return path
 
 

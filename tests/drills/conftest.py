@@ -35,7 +35,7 @@ import redis
 from celery import Celery
 from cookiecutter.main import cookiecutter
 
-from ..conftest import POSTGRES, free_port, reachable
+from ..conftest import POSTGRES, free_port, missing, reachable
 
 TEMPLATE = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).with_name("driver.py")
@@ -64,16 +64,13 @@ def wait_for(predicate, timeout: float = 60, message: str = "condition", interva
 @pytest.fixture(scope="session")
 def drill_services():
     """Postgres and a redis-server binary. Missing: fail in CI, skip elsewhere."""
-    missing = []
+    absent = []
     if not reachable(POSTGRES):
-        missing.append(f"Postgres on {POSTGRES[0]}:{POSTGRES[1]}")
+        absent.append(f"Postgres on {POSTGRES[0]}:{POSTGRES[1]}")
     if not shutil.which("redis-server"):
-        missing.append("the redis-server binary (apt install redis-server)")
-    if missing:
-        message = f"failure drills need {' and '.join(missing)}"
-        if os.environ.get("CI"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        absent.append("the redis-server binary (apt install redis-server)")
+    if absent:
+        missing(f"failure drills need {' and '.join(absent)}")
 
 
 # ------------------------------------------------------------------------------
