@@ -32,7 +32,11 @@ def main() -> int:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 2**31)
     print(f"chaos soak: seed {seed}, {args.minutes:g} minutes", flush=True)
 
-    report_path = Path(tempfile.mkdtemp(prefix="soak-")) / "report.json"
+    run_dir = Path(tempfile.mkdtemp(prefix="soak-"))
+    report_path = run_dir / "report.json"
+    # pytest's own temporary directories keep only the last three runs: the
+    # process logs of a failed soak must outlive the next test run.
+    basetemp = run_dir / "pytest"
     env = os.environ | {
         "CI": "1",  # missing Postgres or redis-server fails instead of skipping
         "SOAK_SEED": str(seed),
@@ -42,7 +46,9 @@ def main() -> int:
     }
     started = time.monotonic()
     test = "tests/drills/test_soak.py"
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", test], cwd=ROOT, env=env, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-s", f"--basetemp={basetemp}", test], cwd=ROOT, env=env, check=False
+    )
     elapsed = time.monotonic() - started
     if not report_path.exists():
         print(f"no report: the soak did not get to its invariants (pytest exit {result.returncode})")
@@ -65,6 +71,7 @@ def main() -> int:
         print(f"  - {violation}")
     print(f"fault log             {report['fault_log']}")
     print(f"load log              {report['load_log']}")
+    print(f"process logs          {basetemp} (logs*/<process>.log)")
     print(f"wall time             {elapsed / 60:.1f} min")
     return 0 if result.returncode == 0 and not report["violations"] else 1
 

@@ -116,6 +116,23 @@ class PaymentProvider(Protocol):
         """
 
 
+@contextmanager
+def sandbox_store_errors():
+    """The sandbox's Redis failing mid-call is the sandbox's outage: a timeout.
+
+    Plans and payments waiting for authentication live in Redis, so a Redis
+    restart (or a replica still loading its data) reaches the caller as a
+    ``redis.ConnectionError`` in the middle of a payment. Let through, it would fail
+    the task for good and leave a dead letter for a blip. Like ``stripe_errors``
+    with a lost connection, we cannot know whether the call did its work: retry
+    with the same key. Used as a decorator on every call a task makes.
+    """
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as error:  # BusyLoadingError is a ConnectionError
+        raise ProviderTimeout(f"sandbox: its store did not answer: {error}") from error
+
+
 class SandboxProvider:
     """A provider with a ledger and scripted behaviour, for development and tests.
 
@@ -142,7 +159,8 @@ class SandboxProvider:
 
     Plans and payments waiting for authentication live in Redis so that every
     worker process (and the web process) sees them; accepted charges live in the
-    ledger, one ``SandboxCharge`` row each.
+    ledger, one ``SandboxCharge`` row each. Redis failing mid-call raises
+    ``ProviderTimeout``, as a real provider's outage would (``sandbox_store_errors``).
     """
 
     PLAN_TTL = 3600
@@ -174,6 +192,7 @@ class SandboxProvider:
                 pipe.expire(key, self.PLAN_TTL)
             pipe.execute()
 
+    @sandbox_store_errors()
     def charge(
         self,
         *,
@@ -213,6 +232,7 @@ class SandboxProvider:
             time.sleep(float(argument))
         return charge
 
+    @sandbox_store_errors()
     def retrieve(self, charge_id: str) -> Charge:
         row = SandboxCharge.objects.filter(charge_id=charge_id).first()
         if row is not None:
@@ -222,6 +242,7 @@ class SandboxProvider:
             raise PaymentRejected(f"No such payment: {charge_id!r}")
         return self._pending_charge(charge_id, pending)
 
+    @sandbox_store_errors()
     def cancel(self, charge_id: str) -> Charge:
         pending = self._pending(charge_id)
         if pending is None or pending["status"] != "requires_action":
@@ -230,6 +251,7 @@ class SandboxProvider:
         self._save_pending(charge_id, pending)
         return self._pending_charge(charge_id, pending)
 
+    @sandbox_store_errors()
     def find(self, *, idempotency_key: str, metadata: dict[str, str]) -> Charge | None:
         """The latest charge, or payment waiting for authentication, made with this key.
 
@@ -242,6 +264,7 @@ class SandboxProvider:
             return self.retrieve(charge_id.decode())
         return None
 
+    @sandbox_store_errors()
     def authenticate(self, charge_id: str, *, succeed: bool) -> Charge:
         """The customer passes (or fails) authentication: what the bank's 3-D Secure page does."""
         pending = self._pending(charge_id)

@@ -1,17 +1,22 @@
 """The payment task's logic, run eagerly. tests/test_payments_integration.py runs it on real workers."""
 
+import socket
 import uuid
 from datetime import timedelta
 
 import pytest
+import redis
 from django.contrib.auth import get_user_model
 from django.urls import reverse
 from django.utils import timezone
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from {{ cookiecutter.project_slug }}.core.models import FailedTask
 
+from .. import tasks
 from ..models import InvalidTransition, Order, SandboxCharge
-from ..providers import ProviderTimeout
+from ..providers import ProviderTimeout, SandboxProvider
 from ..tasks import process_payment
 
 
@@ -65,6 +70,37 @@ def test_timeouts_are_retried_with_the_same_key(order, sandbox, eager_retries):
     order.refresh_from_db()
     assert order.payment_attempts == 3
     assert SandboxCharge.objects.count() == 1
+
+
+def unreachable_redis() -> redis.Redis:
+    """A real client for a port nobody listens on, without redis-py's own retries: Redis down."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return redis.Redis(port=port, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
+
+
+def test_a_sandbox_whose_redis_is_down_times_out_without_charging(order):
+    down = SandboxProvider(unreachable_redis())
+
+    with pytest.raises(ProviderTimeout, match="store did not answer") as raised:
+        down.charge(amount_cents=4200, currency="EUR", idempotency_key=str(order.idempotency_key))
+
+    assert isinstance(raised.value.__cause__, redis.ConnectionError)
+    assert not SandboxCharge.objects.exists()
+
+
+def test_a_redis_outage_at_the_sandbox_is_retried_not_a_dead_letter(order, sandbox, monkeypatch, eager_retries):
+    """Found by the chaos soak: a Redis restart mid-payment used to fail the task for good."""
+    attempts = iter([SandboxProvider(unreachable_redis()), sandbox])  # down, then back
+    monkeypatch.setattr(tasks, "get_provider", lambda: next(attempts))
+
+    assert process_payment.apply((order.pk,), throw=False).get() == "paid"
+
+    order.refresh_from_db()
+    assert order.payment_attempts == 2
+    assert SandboxCharge.objects.count() == 1
+    assert not FailedTask.objects.exists()
 
 
 def test_decline_fails_the_order_without_retry_or_dead_letter(order, sandbox):
