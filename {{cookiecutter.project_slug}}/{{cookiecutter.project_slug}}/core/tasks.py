@@ -2,6 +2,7 @@ import logging
 import time
 from importlib import import_module
 
+import redis
 from celery import shared_task
 from django.conf import settings
 from django.contrib.sessions.models import Session
@@ -33,7 +34,12 @@ def probe_queue_latency(queue: str, sent_at: float) -> float:
     Compares wall clocks of the sender and the worker: keep hosts NTP-synced.
     """
     waited = max(time.time() - sent_at, 0.0)
-    metrics.record_latency(queue, waited)
+    try:
+        metrics.record_latency(queue, waited)
+    except redis.RedisError as exc:
+        # One sample lost; the next probe comes within a minute. Not worth a retry
+        # (a late sample is a wrong one) nor a dead letter: Redis down has alarms of its own.
+        logger.warning("queue %s: latency sample lost, Redis did not answer: %s", queue, exc)
     sla = topology.SLA_SECONDS[queue]
     if waited > sla:
         logger.error("queue %s breached its SLA: waited %.3fs (SLA %.1fs)", queue, waited, sla)

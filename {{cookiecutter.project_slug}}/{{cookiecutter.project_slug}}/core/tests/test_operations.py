@@ -316,3 +316,16 @@ def test_canary_logs_an_error_when_a_queue_breaches_its_sla(caplog):
     assert metrics.latencies()["high"] >= 5
     assert "queue high breached its SLA" in caplog.text
     assert any(record.levelname == "ERROR" for record in caplog.records)
+
+
+def test_a_canary_that_cannot_reach_redis_logs_and_leaves_no_dead_letter(monkeypatch, caplog, db):
+    """A Redis restart while the probe writes its sample loses that sample, nothing more."""
+    from ..tasks import probe_queue_latency
+
+    monkeypatch.setattr(metrics, "store", lambda: redis.Redis(port=closed_port(), socket_connect_timeout=0.2))
+    result = probe_queue_latency.apply(("high", time.time() - 0.1), throw=False)
+
+    assert result.successful()
+    assert result.get() >= 0.1
+    assert "queue high: latency sample lost" in caplog.text
+    assert not FailedTask.objects.exists()
