@@ -125,7 +125,7 @@ def sandbox_store_errors():
     ``redis.ConnectionError`` in the middle of a payment. Let through, it would fail
     the task for good and leave a dead letter for a blip. Like ``stripe_errors``
     with a lost connection, we cannot know whether the call did its work: retry
-    with the same key. Used as a decorator on every call a task makes.
+    with the same key. Used as a decorator on every call of the provider.
     """
     try:
         yield
