@@ -261,6 +261,10 @@ class Pools:
     def log(self, name: str) -> str:
         return self.log_path(name).read_text(errors="replace")
 
+    def current_log(self, name: str) -> str:
+        """What ``name`` logged in its current life (since it was last started)."""
+        return self.log_path(name).read_bytes()[self.log_offsets[name] :].decode(errors="replace")
+
     def hostname(self, name: str) -> str:
         return f"{name.removeprefix('worker-')}@{socket.gethostname()}"
 

@@ -35,8 +35,7 @@ def test_a_payment_whose_provider_store_restarts_is_retried_and_charged_once(pro
         failed = "SELECT count(*) FROM core_failedtask WHERE task_name LIKE %s"
 
         def attempt_failed():
-            log = pools.log("worker-high")[pools.log_offsets["worker-high"] :]
-            return "ProviderTimeout" in log or project.scalar(failed, ["%process_payment"])
+            return "ProviderTimeout" in pools.current_log("worker-high") or project.scalar(failed, ["%process_payment"])
 
         wait_for(attempt_failed, 60, "the payment to reach the provider while its Redis is down")
         assert not project.scalar(failed, ["%process_payment"]), "a Redis blip failed the payment for good"
