@@ -53,13 +53,14 @@ ROUTES: dict[str, str] = {
     # Transactional work a user is waiting for: emails, payments.
     "*.users.tasks.*": "high",
     "*.payments.tasks.*": "high",
-    # An upload's import: the user is waiting for it, but it is not transactional.
-    "*.imports.tasks.*": "default",
     # A fan-out (docs/canvas-fan-out.md): its batch tasks wait on low behind everyday
     # work (the exception above); its start, callback and errback run here.
     "*.statements.tasks.*": "default",
-    # Long, memory-hungry batch work gets its own patient pool.
+    # Long, memory-hungry batch work gets its own patient pool: exports, and an
+    # upload's import (a 2M-row file is a minute of work at the default pool's
+    # speed, far past the 10 s that default promises everyday work).
     "*.exports.tasks.*": "export",
+    "*.imports.tasks.*": "export",
     # Housekeeping.
     "*.core.tasks.clear_expired_sessions": "low",
     "*.core.tasks.*": "default",

@@ -188,8 +188,10 @@ def worker_pools(broker_url, django_db_setup, django_db_blocker, tmp_path_factor
         "WORKER_NODE_PREFIX": NODE_PREFIX,
         "DJANGO_MEDIA_ROOT": str(media_root),
         "HEALTHCHECK_DIR": str(tmp_path_factory.mktemp("health")),
-        # Slow exports down (0.2 s per 500-row batch) so tests can stop them part-way.
+        # Slow exports down (0.2 s per 500-row batch) so tests can stop them part-way;
+        # and imports (0.2 s per 1,000 rows).
         "EXPORT_THROTTLE_SECONDS": "0.2",
+        "IMPORT_THROTTLE_SECONDS": "0.2",
         # The Procfile says "python": make that this interpreter, as an activated venv would.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }

@@ -215,9 +215,14 @@ EXPORT_RETENTION_DAYS = env.int("EXPORT_RETENTION_DAYS", default=7)
 # ------------------------------------------------------------------------------
 # IMPORTS
 # ------------------------------------------------------------------------------
-# The largest CSV a user may upload, and the rows inserted per query while importing it.
+# The largest CSV a user may upload.
 IMPORT_MAX_BYTES = env.int("IMPORT_MAX_BYTES", default=10_000_000)
+# Rows read and checked before they are handed to the database: what an import
+# holds in memory (on Postgres all of them go through one COPY; elsewhere one
+# INSERT per batch).
 IMPORT_BATCH_SIZE = env.int("IMPORT_BATCH_SIZE", default=1000)
+# Pause after each batch, to leave a busy primary database some headroom (0: full speed).
+IMPORT_THROTTLE_SECONDS = env.float("IMPORT_THROTTLE_SECONDS", default=0.0)
 
 # ------------------------------------------------------------------------------
 # STATEMENTS

@@ -1,16 +1,18 @@
 """Uploads fed to a task: the view stores the file, the task imports it (eagerly here)."""
 
+import io
 from decimal import Decimal
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
 
 from {{ cookiecutter.project_slug }}.exports.models import Transaction
 from {{ cookiecutter.project_slug }}.outbox.models import OutboxMessage
 
 from ..models import TransactionImport
-from ..tasks import process_transaction_import
+from ..tasks import batches, create_rows, process_transaction_import, read_rows, refresh_statistics
 
 GOOD = (
     "id,created_at,amount,currency,description\r\n"
@@ -71,6 +73,12 @@ def test_a_bad_line_fails_the_import_with_its_line_and_imports_nothing(user, set
         ("created_at,amount,currency,description\r\n2026-10-01,1.001,EUR,x\r\n", "is not an amount of money"),
         ("created_at,amount,currency,description\r\n2026-10-01,1,euro,x\r\n", "three-letter code"),
         ("created_at,amount,currency,description\r\n2026-10-01,1,EUR\r\n", "line 2: expected 4 fields"),
+        ("created_at,amount,currency,description\r\n2026-10-01,1,EUR,a,b\r\n", "line 2: expected 4 fields"),
+        (
+            "created_at,amount,currency,description\r\n2026-10-01,1,EUR,nul \x00 byte\r\n",
+            "line 2: description contains a NUL",
+        ),
+        ("created_at,amount,currency,description\r\n2026-10-01,NaN,EUR,x\r\n", "line 2: amount 'NaN' is not"),
     ],
 )
 def test_invalid_files_fail_with_a_reason(user, text, error):
@@ -112,3 +120,65 @@ def test_the_form_refuses_a_file_too_large_or_not_a_csv(client_of, settings):
     response = client_of.post("/imports/", {"file": csv_file(GOOD, name="photo.png")})
     assert response.status_code == 400
     assert not TransactionImport.objects.exists()
+
+
+def test_a_file_that_is_not_utf8_fails_with_that_reason(user):
+    text = "created_at,amount,currency,description\r\n2026-10-01,1,EUR,Caf\xe9\r\n".encode("latin-1")
+    upload = TransactionImport.objects.create(user=user, file=SimpleUploadedFile("t.csv", text))
+
+    assert process_transaction_import(upload.pk) == "failed"
+    upload.refresh_from_db()
+    assert upload.error == "the file is not UTF-8 text"
+
+
+def test_columns_in_any_order_blank_lines_and_a_byte_order_mark_are_read(user):
+    text = "\ufeffdescription,currency,amount,created_at,note\r\n\r\nTea,GBP,2.00,2026-10-01T08:00:00,ignored\r\n"
+    upload = TransactionImport.objects.create(user=user, file=csv_file(text))
+
+    assert process_transaction_import(upload.pk) == "completed"
+    row = Transaction.objects.get(user=user)
+    assert (row.description, row.currency, row.amount) == ("Tea", "GBP", Decimal("2.00"))
+    assert row.created_at.utcoffset() is not None  # a naive time is taken in the site's time zone
+
+
+def test_the_orm_path_writes_the_same_rows(user):
+    """SQLite in development has no COPY: the rows go in through bulk_create, a batch at a time."""
+    rows = read_rows(io.BytesIO(GOOD.encode()), user.pk)
+
+    assert create_rows(batches(rows, 1)) == 2
+    assert sorted(Transaction.objects.filter(user=user).values_list("description", flat=True)) == [
+        "Coffee beans",
+        "Refund, partial",
+    ]
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="planner statistics are Postgres's")
+def test_a_large_import_refreshes_the_planners_statistics(user):
+    """The next query on the table (an export, the statements) is planned for the rows that are there."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {Transaction._meta.db_table}")  # the statistics: an empty table
+    lines = "".join(f"2026-10-01T09:30:00+00:00,{n}.00,EUR,row {n}\r\n" for n in range(400))
+    upload = TransactionImport.objects.create(
+        user=user, file=csv_file("created_at,amount,currency,description\r\n" + lines)
+    )
+
+    assert process_transaction_import(upload.pk) == "completed"
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN SELECT id FROM {Transaction._meta.db_table} WHERE user_id = %s", [user.pk])  # noqa: S608
+        plan = " ".join(line for (line,) in cursor.fetchall())
+    assert "rows=400 " in plan, plan  # the planner knows the user's 400 rows, not a guess
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="planner statistics are Postgres's")
+def test_statistics_are_refreshed_only_when_the_new_rows_are_many_for_the_table(user):
+    Transaction.objects.bulk_create(
+        Transaction(user=user, created_at="2026-10-01T00:00:00Z", amount=1, currency="EUR", description="x")
+        for _ in range(2_000)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {Transaction._meta.db_table}")
+
+    # autovacuum's own threshold: 50 rows plus 10% of the table.
+    assert not refresh_statistics(Transaction, 249)
+    assert refresh_statistics(Transaction, 250)
