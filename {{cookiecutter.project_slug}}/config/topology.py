@@ -57,8 +57,8 @@ ROUTES: dict[str, str] = {
     # work (the exception above); its start, callback and errback run here.
     "*.statements.tasks.*": "default",
     # Long, memory-hungry batch work gets its own patient pool: exports, and an
-    # upload's import (a 2M-row file is a minute of work at the default pool's
-    # speed, far past the 10 s that default promises everyday work).
+    # upload's import (a large file is tens of seconds of work, past the 10 s that
+    # default promises everyday work).
     "*.exports.tasks.*": "export",
     "*.imports.tasks.*": "export",
     # Housekeeping.

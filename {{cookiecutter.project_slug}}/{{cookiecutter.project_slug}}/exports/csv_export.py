@@ -35,6 +35,7 @@ vacuumed table instead of ten times slower.
 import io
 import logging
 import os
+import select
 import time
 import uuid
 from collections.abc import Iterator
@@ -48,6 +49,9 @@ from django.core.files.storage import FileSystemStorage, default_storage
 from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
+from psycopg import Copy, pq
+from psycopg.abc import Buffer
+from psycopg.errors import error_from_result
 
 from .models import ExportJob, Transaction
 
@@ -227,6 +231,44 @@ def stream_parts(names: list[str], chunk_size: int = 1 << 20) -> Iterator[bytes]
                 yield chunk
 
 
+# --8<-- [start:copy-out]
+def copy_out(copy: Copy, write) -> tuple[int, Buffer | None]:
+    """Hand every row of a ``COPY ... TO STDOUT`` to ``write``; return the row count and the last row.
+
+    The export's hot loop. ``for row in copy`` costs about a microsecond of Python
+    per row in psycopg (three generators deep, for each row): at 2M rows the worker
+    then uses as much CPU as the Postgres backend that formats the rows, and on a
+    busy machine it is the one that waits. libpq has usually received many rows
+    already: ``get_copy_data(1)`` hands out the next one without waiting (half the
+    cost), and only when none is left does the loop wait for the socket. At the
+    end of the COPY (-1), the statement's own result says how it ended.
+    """
+    pgconn = copy.connection.pgconn
+    get, rows, row = pgconn.get_copy_data, 0, None
+    socket = select.poll()
+    socket.register(pgconn.socket, select.POLLIN)
+    while True:
+        size, data = get(1)  # raises OperationalError if the connection broke
+        if size > 0:
+            write(data)
+            rows, row = rows + 1, data
+        elif size == 0:  # nothing received yet: wait for the server
+            socket.poll()
+            pgconn.consume_input()
+        else:
+            break
+    while pgconn.is_busy():  # the end of the COPY: its result, then ready for the next query
+        socket.poll()
+        pgconn.consume_input()
+    result = pgconn.get_result()
+    while pgconn.get_result() is not None:
+        pass
+    if result.status != pq.ExecStatus.COMMAND_OK:
+        raise error_from_result(result)
+    return rows, row
+    # --8<-- [end:copy-out]
+
+
 # ------------------------------------------------------------------------------
 # Batches
 # ------------------------------------------------------------------------------
@@ -276,16 +318,15 @@ class KeysetBatch:
 
     @contextmanager
     def _copy(self) -> Iterator:
-        """The batch's ``COPY (SELECT ...) TO STDOUT``; ``rows`` is set when it ends.
+        """The batch's ``COPY (SELECT ...) TO STDOUT``, started: the caller reads it.
 
         Leaving the block early (``write`` failed) ends the COPY there: an
         unfinished COPY would block every later query on the connection.
         """
         select, params = self.select()
-        with self._session() as cursor:
-            with cursor.cursor.copy("COPY (" + select + ") TO STDOUT (FORMAT csv)", params) as copy:
-                yield copy
-            self.rows = cursor.cursor.rowcount  # COPY's own count, from its command tag
+        statement = "COPY (" + select + ") TO STDOUT (FORMAT csv)"
+        with self._session() as cursor, cursor.cursor.copy(statement, params) as copy:
+            yield copy
 
     def plan(self) -> str:
         """``EXPLAIN`` of the batch's query, planned as the batch's COPY is (tests, benchmarks)."""
@@ -296,10 +337,11 @@ class KeysetBatch:
 
     def _copy_rows(self) -> Iterator[bytes]:
         """The batch's rows, one CSV line each; ``rows`` and ``last_key`` set once it ends."""
-        row = None
+        rows, row = 0, None
         with self._copy() as copy:
-            for row in copy:  # the last row is used after the loop
+            for rows, row in enumerate(copy, 1):  # noqa: B007 (the last row is used after the loop)
                 yield row
+        self.rows = rows
         self._last_row(row)
         # --8<-- [end:keyset-batches]
 
@@ -313,11 +355,8 @@ class KeysetBatch:
             for chunk in self:
                 write(chunk)
             return
-        # The export's hot loop, one iteration per row: nothing in it but the write.
-        row = None
         with self._copy() as copy:
-            for row in copy:  # the last row is used after the loop
-                write(row)
+            self.rows, row = copy_out(copy, write)
         self._last_row(row)
 
     def __iter__(self) -> Iterator[bytes]:
@@ -413,8 +452,8 @@ class ExportRunner:
         job = ExportJob.objects.get(pk=self.job_id)
         window = job.window()
         if job.status == ExportJob.Status.PENDING:
+            job.started_at = timezone.now()  # the count for the progress bar is part of the job
             job.total_rows = Transaction.objects.filter(window_q(window), user_id=job.user_id).count()
-            job.started_at = timezone.now()
             self._checkpoint(
                 job, status=ExportJob.Status.RUNNING, total_rows=job.total_rows, started_at=job.started_at
             )

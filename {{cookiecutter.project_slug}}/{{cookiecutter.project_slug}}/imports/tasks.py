@@ -151,6 +151,8 @@ def refresh_statistics(model, added: int) -> bool:
     autovacuum would run anyway, now instead of later. It reads a sample of a fixed
     size (300 x default_statistics_target rows), so it costs about as much on a big
     table as on a small one; SKIP_LOCKED: if one is already running, that one will do.
+    Run inside a transaction it counts that transaction's own new rows, and its
+    statistics are published with them at COMMIT.
     """
     if connection.vendor != "postgresql":
         return False
@@ -214,12 +216,14 @@ def process_transaction_import(import_id: int) -> str:
             return fail(upload, "the uploaded file is gone from storage; upload it again")
         except InvalidFile as error:
             return fail(upload, str(error))
+        # In the import's transaction: the rows, their statistics and COMPLETED
+        # become visible together, so whatever the user starts next is planned
+        # for the rows that are there.
+        if refresh_statistics(Transaction, rows):
+            logger.info("import %s: analyzed %s after %s new rows", upload.pk, Transaction._meta.db_table, rows)
         TransactionImport.objects.filter(pk=upload.pk).update(
             status=TransactionImport.Status.COMPLETED, rows=rows, finished_at=timezone.now()
         )
         logger.info("import %s: %s rows for %s", upload.pk, rows, upload.user)
-    # After COMMIT, outside the import's transaction: the rows are the user's already.
-    if refresh_statistics(Transaction, rows):
-        logger.info("import %s: analyzed %s after %s new rows", upload.pk, Transaction._meta.db_table, rows)
     return TransactionImport.Status.COMPLETED
     # --8<-- [end:process-import]
