@@ -109,6 +109,11 @@ def copy_rows(batches: Iterable[list[Row]]) -> int:
             for row in batch:
                 copy.write_row(row)
             count += len(batch)
+    # Django's foreign keys are DEFERRABLE INITIALLY DEFERRED: Postgres would check
+    # each row's user at COMMIT (a third of a 2M-row import's time). Checked here
+    # instead (SET CONSTRAINTS ALL IMMEDIATE), the cost is in the import's own time,
+    # before it is marked COMPLETED, not hidden in the COMMIT after it.
+    connection.check_constraints()
     return count
     # --8<-- [end:copy-rows]
 
