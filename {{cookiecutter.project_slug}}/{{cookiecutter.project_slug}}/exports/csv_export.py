@@ -135,7 +135,7 @@ COPY_BATCH_IN_WINDOW = COPY_BATCH.replace(" ORDER BY id", IN_WINDOW + " ORDER BY
 # the user has. Right after a bulk load they do not (nothing has analyzed the
 # table yet, or the last ANALYZE predates the user's rows): it then expects a few
 # hundred rows and reads ALL the user's rows past the key through a bitmap, then
-# sorts them, for every batch. That is quadratic: 24 s instead of 2.5 s for 2M
+# sorts them, for every batch. That is quadratic: 14-24 s instead of about 2 s for 2M
 # rows. Switching bitmap scans and explicit sorts off for the batch's transaction
 # (SET LOCAL: nothing leaks to the next query on this connection) leaves the
 # planner only plans that stream in id order and stop at the LIMIT. The test

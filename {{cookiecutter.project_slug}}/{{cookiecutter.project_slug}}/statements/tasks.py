@@ -79,6 +79,19 @@ def start_statement_run(run_id: int) -> int:
 
 
 # --8<-- [start:batch]
+def month_totals(run: StatementRun, first_user_id: int, last_user_id: int):
+    """Each user's total and count of the month's transactions, per currency: a batch's statement lines."""
+    start, end = run.window()
+    return (
+        Transaction.objects.filter(
+            user_id__gte=first_user_id, user_id__lte=last_user_id, created_at__gte=start, created_at__lt=end
+        )
+        .values("user_id", "currency")
+        .annotate(total=Sum("amount"), count=Count("pk"))
+        .order_by("user_id", "currency")
+    )
+
+
 @shared_task
 def build_statement_batch(run_id: int, first_user_id: int, last_user_id: int) -> int:
     """Write the statement lines of users ``first_user_id``..``last_user_id``; returns how many.
@@ -91,15 +104,7 @@ def build_statement_batch(run_id: int, first_user_id: int, last_user_id: int) ->
     if run is None:
         logger.warning("statements: run %s does not exist", run_id)
         return 0
-    start, end = run.window()
-    totals = (
-        Transaction.objects.filter(
-            user_id__gte=first_user_id, user_id__lte=last_user_id, created_at__gte=start, created_at__lt=end
-        )
-        .values("user_id", "currency")
-        .annotate(total=Sum("amount"), count=Count("pk"))
-        .order_by("user_id", "currency")
-    )
+    totals = month_totals(run, first_user_id, last_user_id)
     with transaction.atomic():
         StatementLine.objects.filter(run=run, user_id__gte=first_user_id, user_id__lte=last_user_id).delete()
         lines = StatementLine.objects.bulk_create(StatementLine(run=run, **row) for row in totals)
