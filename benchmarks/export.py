@@ -87,6 +87,51 @@ SELECT ('{{{ids}}}'::bigint[])[1 + g % {users}],
 FROM generate_series(0, {rows} - 1) AS g
 """
 
+# What both benchmarks' shell scripts need (this one's and imports.py's), put in
+# whole where a script says {helpers}. It uses the script's `connection`, `table`,
+# `time`, `user`, `ExportJob` and `generate_csv_export`.
+SHELL_HELPERS = """
+def table_stats():
+    # The table's statistics as pg_stat_user_tables and pg_class have them, and whether an ANALYZE runs.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT c.reltuples::bigint, s.n_live_tup, s.n_mod_since_analyze, s.last_analyze, s.last_autoanalyze,"
+            " s.last_vacuum, s.last_autovacuum,"
+            " (SELECT string_agg(p.phase, ', ') FROM pg_stat_progress_analyze p WHERE p.relid = s.relid) AS analyzing"
+            " FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid WHERE s.relname = %s",
+            [table],
+        )
+        names = [column.name for column in cursor.description]
+        return {name: value if value is None or isinstance(value, int) else str(value)
+                for name, value in zip(names, cursor.fetchone())}
+
+
+def timed_export():
+    # One export of the demo user's rows on the worker-export pool, from the job's creation.
+    start = time.perf_counter()
+    job = ExportJob.objects.create(user=user)
+    outcome = generate_csv_export.delay(job.pk).get(timeout=1800)
+    waited = time.perf_counter() - start
+    job.refresh_from_db()
+    if outcome != "completed":
+        raise RuntimeError(f"export {job.pk}: {outcome}: {job.error}")
+    job.file.delete()
+    return {"seconds": (job.finished_at - job.created_at).total_seconds(),
+            "task_seconds": (job.finished_at - job.started_at).total_seconds(),
+            "client_seconds": waited, "rows": job.processed_rows, "bytes": job.bytes_written}
+
+
+def cold_start(task):
+    # A fresh pool's first task pays for the child's start (its database connection,
+    # lazy imports): measured, then left out of the runs. The second is a warm pool's.
+    def missing():
+        start = time.perf_counter()
+        assert task.delay(-1).get(timeout=60) == "missing"
+        return time.perf_counter() - start
+
+    return {"first": missing(), "second": missing()}
+"""
+
 # Run in the project's shell: the plans, the table's statistics, then ours and
 # \copy alternately (ours first). Every timestamp of ours is Django's
 # timezone.now() on this host (the shell and the pool share a clock).
@@ -120,18 +165,7 @@ def plans():
     return {{"planner": planner, "pinned": batch.plan().splitlines()}}
 
 
-def table_stats():
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT c.reltuples::bigint, s.n_live_tup, s.n_mod_since_analyze, s.last_analyze, s.last_autoanalyze,"
-            " s.last_vacuum, s.last_autovacuum FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid"
-            " WHERE s.relname = %s",
-            [table],
-        )
-        names = [column.name for column in cursor.description]
-        return {{name: value if value is None or isinstance(value, int) else str(value)
-                 for name, value in zip(names, cursor.fetchone())}}
-
+{helpers}
 
 def copy_to_file():
     start = time.perf_counter()
@@ -142,41 +176,20 @@ def copy_to_file():
     return {{"seconds": seconds, "bytes": size}}
 
 
-def ours():
-    start = time.perf_counter()
-    job = ExportJob.objects.create(user=user)
-    outcome = generate_csv_export.delay(job.pk).get(timeout=1800)
-    waited = time.perf_counter() - start
-    job.refresh_from_db()
-    assert outcome == "completed", outcome
-    job.file.delete()
-    return {{"seconds": (job.finished_at - job.created_at).total_seconds(),
-            "task_seconds": (job.finished_at - job.started_at).total_seconds(),
-            "client_seconds": waited, "rows": job.processed_rows, "bytes": job.bytes_written}}
-
-
 connection.ensure_connection()
-def missing_task():
-    start = time.perf_counter()
-    assert generate_csv_export.delay(-1).get(timeout=60) == "missing"
-    return time.perf_counter() - start
-
-
-# A fresh pool's first task pays for the child's start (its database connection,
-# lazy imports): measured, then left out of the runs. The second is a warm pool's.
-cold_start = {{"first": missing_task(), "second": missing_task()}}
+cold = cold_start(generate_csv_export)
 plans = plans()
 before = table_stats()
 runs = {{"ours": [], "copy": []}}
 for run in range({runs}):
     # Ours first in the first run (it meets the table as the load left it), then by turns.
     if run % 2 == 0:
-        runs["ours"].append(ours())
+        runs["ours"].append(timed_export())
         runs["copy"].append(copy_to_file())
     else:
         runs["copy"].append(copy_to_file())
-        runs["ours"].append(ours())
-print(json.dumps({{"plans": plans, "stats_before": before, "stats_after": table_stats(), "cold_start": cold_start, **runs}}))
+        runs["ours"].append(timed_export())
+print(json.dumps({{"plans": plans, "stats_before": before, "stats_after": table_stats(), "cold_start": cold, **runs}}))
 """
 
 ARTICLE = """
@@ -287,7 +300,7 @@ def measure(project: Baked, rows: int, state: str, options) -> dict:
     worker = project.popen("python", "-m", "config.worker", "worker-export")
     try:
         pids = pool_pids(project)
-        script = SIDE_BY_SIDE.format(slug=project.slug, runs=options.runs, psql=json.dumps(PSQL))
+        script = SIDE_BY_SIDE.format(slug=project.slug, runs=options.runs, psql=json.dumps(PSQL), helpers=SHELL_HELPERS)
         result = last_dict(project.sh("python", "manage.py", "shell", "-c", script).stdout)
         peak_rss_mb = max(vmhwm_kb(pid) for pid in pids) / 1024
     finally:

@@ -56,7 +56,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from baked import POSTGRES, Baked, baked_project
-from export import last_dict, median_by, pool_pids, seconds_of, stop
+from export import SHELL_HELPERS, last_dict, median_by, pool_pids, seconds_of, stop
 
 DATABASE = "blueprint_imports"
 PSQL = ["psql", *POSTGRES, "-d", DATABASE, "-v", "ON_ERROR_STOP=1"]
@@ -161,32 +161,15 @@ def ours():
             "receive_seconds": received, "rows": upload.rows}}
 
 
-def table_stats():
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT c.reltuples::bigint, s.n_live_tup, s.n_mod_since_analyze, s.last_analyze, s.last_autoanalyze,"
-            " (SELECT string_agg(p.phase, ', ') FROM pg_stat_progress_analyze p WHERE p.relid = s.relid) AS analyzing"
-            " FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid WHERE s.relname = %s",
-            [table],
-        )
-        names = [column.name for column in cursor.description]
-        return {{name: value if value is None or isinstance(value, int) else str(value)
-                 for name, value in zip(names, cursor.fetchone())}}
+{helpers}
 
 
 def export():
     stats = table_stats()  # the moment the import is seen completed
-    start = time.perf_counter()
-    job = ExportJob.objects.create(user=user)
-    outcome = generate_csv_export.delay(job.pk).get(timeout=1800)
-    waited = time.perf_counter() - start
-    job.refresh_from_db()
-    if outcome != "completed" or job.processed_rows != ROWS:
-        raise RuntimeError(f"export {{job.pk}}: {{outcome}}, {{job.processed_rows}} rows of {{ROWS}}: {{job.error}}")
-    job.file.delete()
-    return {{"stats": stats, "seconds": (job.finished_at - job.created_at).total_seconds(),
-            "task_seconds": (job.finished_at - job.started_at).total_seconds(), "client_seconds": waited,
-            "stats_after": table_stats(), "bytes": job.bytes_written}}
+    figures = timed_export()
+    if figures["rows"] != ROWS:
+        raise RuntimeError(f"the export wrote {{figures['rows']}} rows of {{ROWS}}")
+    return {{"stats": stats, **figures, "stats_after": table_stats()}}
 
 
 def statements():
@@ -213,15 +196,7 @@ def stale_then_analyzed():
 
 
 connection.ensure_connection()
-def missing_task():
-    start = time.perf_counter()
-    assert process_transaction_import.delay(-1).get(timeout=60) == "missing"
-    return time.perf_counter() - start
-
-
-# A fresh pool's first task pays for the child's start (its database connection,
-# lazy imports): measured, then left out of the runs. The second is a warm pool's.
-cold_start = {{"first": missing_task(), "second": missing_task()}}
+cold = cold_start(process_transaction_import)
 result = {{"copy": [], "ours": [], "export": None}}
 for run in range(1, RUNS + 1):
     for which in ("copy", "ours") if run % 2 else ("ours", "copy"):
@@ -233,7 +208,7 @@ for run in range(1, RUNS + 1):
 if EXPORT_AFTER:
     result["stale_then_analyzed"] = stale_then_analyzed()
 result["peak_rss_kb"] = peak_kb
-result["cold_start"] = cold_start
+result["cold_start"] = cold
 print(json.dumps(result))
 """
 
@@ -275,6 +250,7 @@ def measure(project: Baked, rows: int, runs: int, pools: list[str], export_after
             psql=json.dumps(PSQL),
             pools=[workers[name].pid for name in pools],
             export_after=export_after,
+            helpers=SHELL_HELPERS,
         )
         result = last_dict(project.sh("python", "manage.py", "shell", "-c", script).stdout)
     finally:

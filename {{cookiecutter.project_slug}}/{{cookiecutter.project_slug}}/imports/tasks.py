@@ -93,22 +93,22 @@ def batches(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
 
 
 # --8<-- [start:copy-rows]
-def copy_rows(batches: Iterable[list[Row]]) -> int:
+def copy_rows(chunks: Iterable[list[Row]]) -> int:
     """Postgres: every row through one ``COPY ... FROM STDIN``; returns how many.
 
     COPY is Postgres's bulk path: one statement streams all the rows, with no SQL
     to build and no round trip per batch. Python's part is to read and check each
     line (one core) while Postgres inserts and indexes the rows already sent (the
-    other). Raising from ``batches`` (a bad line) aborts the COPY: no row of it stays.
+    other). Raising from ``chunks`` (a bad line) aborts the COPY: no row of it stays.
     """
     columns = ", ".join(connection.ops.quote_name(name) for name in ("user_id", *COLUMNS))
     sql = f"COPY {connection.ops.quote_name(Transaction._meta.db_table)} ({columns}) FROM STDIN"
     count = 0
     with connection.cursor() as cursor, cursor.cursor.copy(sql) as copy:
-        for batch in batches:
-            for row in batch:
+        for chunk in chunks:
+            for row in chunk:
                 copy.write_row(row)
-            count += len(batch)
+            count += len(chunk)
     # Django's foreign keys are DEFERRABLE INITIALLY DEFERRED: Postgres would check
     # each row's user at COMMIT (a third of a 2M-row import's time). Checked here
     # instead (SET CONSTRAINTS ALL IMMEDIATE), the cost is in the import's own time,
@@ -118,12 +118,12 @@ def copy_rows(batches: Iterable[list[Row]]) -> int:
     # --8<-- [end:copy-rows]
 
 
-def create_rows(batches: Iterable[list[Row]]) -> int:
+def create_rows(chunks: Iterable[list[Row]]) -> int:
     """Other databases (SQLite in development): the ORM's bulk INSERT, a batch at a time."""
     fields = ("user_id", *COLUMNS)
     return sum(
-        len(Transaction.objects.bulk_create(Transaction(**dict(zip(fields, row, strict=True))) for row in batch))
-        for batch in batches
+        len(Transaction.objects.bulk_create(Transaction(**dict(zip(fields, row, strict=True))) for row in chunk))
+        for chunk in chunks
     )
 
 
@@ -180,12 +180,6 @@ def mark_failed(import_id: int, reason: str) -> bool:
     )
 
 
-def fail(upload: TransactionImport, reason: str) -> str:
-    mark_failed(upload.pk, reason)
-    logger.info("import %s failed: %s", upload.pk, reason)
-    return TransactionImport.Status.FAILED
-
-
 class ImportTask(BaseTask):
     """BaseTask, plus: an import that fails for good (storage down after every retry) says so on its row."""
 
@@ -218,17 +212,21 @@ def process_transaction_import(import_id: int) -> str:
             with transaction.atomic():  # a savepoint: a bad line undoes this import's rows only
                 rows = import_rows(upload)
         except FileNotFoundError:
-            return fail(upload, "the uploaded file is gone from storage; upload it again")
+            reason = "the uploaded file is gone from storage; upload it again"
         except InvalidFile as error:
-            return fail(upload, str(error))
-        # In the import's transaction: the rows, their statistics and COMPLETED
-        # become visible together, so whatever the user starts next is planned
-        # for the rows that are there.
-        if refresh_statistics(Transaction, rows):
-            logger.info("import %s: analyzed %s after %s new rows", upload.pk, Transaction._meta.db_table, rows)
-        TransactionImport.objects.filter(pk=upload.pk).update(
-            status=TransactionImport.Status.COMPLETED, rows=rows, finished_at=timezone.now()
-        )
-        logger.info("import %s: %s rows for %s", upload.pk, rows, upload.user)
-    return TransactionImport.Status.COMPLETED
-    # --8<-- [end:process-import]
+            reason = str(error)
+        else:
+            # In the import's transaction: the rows, their statistics and COMPLETED
+            # become visible together, so whatever the user starts next is planned
+            # for the rows that are there.
+            if refresh_statistics(Transaction, rows):
+                logger.info("import %s: analyzed %s after %s new rows", upload.pk, Transaction._meta.db_table, rows)
+            TransactionImport.objects.filter(pk=upload.pk).update(
+                status=TransactionImport.Status.COMPLETED, rows=rows, finished_at=timezone.now()
+            )
+            logger.info("import %s: %s rows for %s", upload.pk, rows, upload.user)
+            return TransactionImport.Status.COMPLETED
+        mark_failed(upload.pk, reason)
+        logger.info("import %s failed: %s", upload.pk, reason)
+        return TransactionImport.Status.FAILED
+        # --8<-- [end:process-import]
