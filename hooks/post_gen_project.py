@@ -1,9 +1,10 @@
-"""Delete the files of options that are off, fill in generated secrets, record the template."""
+"""Delete the files of options that are off, fill in generated secrets, record the template, say what next."""
 
 import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import string
 import subprocess
@@ -25,6 +26,7 @@ REMOVE_WHEN = {
     # Redis bake's test. (RabbitMQ bakes share the outbox code; the drill is Redis too.)
     ("broker", "rabbitmq"): ["tests/test_outbox_integration.py"],
     ("broker", "redis"): [
+        "config/amqp_frames.py",
         ".envs/.local/.rabbitmq",
         ".envs/.production/.rabbitmq",
         "tests/rabbitmq.py",
@@ -73,6 +75,14 @@ SECRETS = {
     "!!!HOST_UID!!!": str(os.getuid() if hasattr(os, "getuid") else 1000),
     "!!!HOST_GID!!!": str(os.getgid() if hasattr(os, "getgid") else 1000),
 }
+
+
+# The image's own unprivileged user (Dockerfile: `adduser --uid 10001`). Containers never
+# run as root: a project baked by root gets this user instead of root's 0.
+IMAGE_UID = "10001"
+BAKED_BY_ROOT = SECRETS["!!!HOST_UID!!!"] == "0"
+if BAKED_BY_ROOT:
+    SECRETS["!!!HOST_UID!!!"] = SECRETS["!!!HOST_GID!!!"] = IMAGE_UID
 
 
 # Files cruft leaves alone on update: each bake generates its own secrets into them.
@@ -138,6 +148,28 @@ def write_kubernetes_base() -> None:
             sys.modules["config"] = saved
 
 
+def next_steps() -> str:
+    """What to type after the bake: the same steps as the top of the project's README."""
+    project = Path.cwd()  # the hook runs in the new project
+    try:
+        project = project.relative_to(Path(os.environ.get("PWD", ".")).resolve())
+    except ValueError:
+        pass  # baked somewhere else (-o): the full path
+    services = "Redis" + (" and RabbitMQ" if CONTEXT["broker"] == "rabbitmq" else "")
+    cd = f"cd {shlex.quote(str(project))}"  # a path with spaces still pastes as one word
+    return f"""
+Baked {CONTEXT["project_name"]!r} into {project}. Next:
+
+  With Docker:   {cd} && docker compose up --build
+  Natively:      {cd} && make dev      (Python 3.11+ and a local {services})
+
+Then open http://localhost:8000 and sign in as demo / demo (the first run prints it).
+The operations page and /admin/ need a staff account; while the site runs:
+  docker compose exec django python manage.py createsuperuser      (natively: make superuser)
+Tests: make test. More in {project / "README.md"}.
+"""
+
+
 def main() -> None:
     for (option, value), paths in REMOVE_WHEN.items():
         if CONTEXT[option] == value:
@@ -153,7 +185,13 @@ def main() -> None:
         for placeholder, value in SECRETS.items():
             text = text.replace(placeholder, value)
         path.write_text(text)
+    if BAKED_BY_ROOT:
+        # That user cannot write into root's checkout: give it the one directory the
+        # development containers write into, ./media (export files; git-ignored).
+        Path("media").mkdir(exist_ok=True)
+        os.chown("media", int(IMAGE_UID), int(IMAGE_UID))
     record_template()
+    print(next_steps())
 
 
 if __name__ == "__main__":

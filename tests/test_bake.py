@@ -205,11 +205,21 @@ def test_secrets_are_generated_per_bake(cookies):
     assert keys[0] != keys[1]
 
 
-def test_compose_runs_as_the_user_who_baked(cookies):
-    """.env carries the baker's ids; docker-compose.yml builds the development image with them."""
-    env = (cookies.bake().project_path / ".env").read_text()
-    assert f"\nAPP_UID={os.getuid()}\n" in env
-    assert f"\nAPP_GID={os.getgid()}\n" in env
+def test_compose_runs_as_the_user_who_baked_but_never_as_root(cookies):
+    """.env carries the baker's ids; docker-compose.yml builds the development image with them.
+
+    Root's are never passed on: a project baked by root (CI, a server) runs its containers
+    as the image's own user, 10001, which gets ./media, the one directory they write.
+    (The Dockerfile's own refusal of uid 0: tests/compose/test_local_stack.py.)
+    """
+    path = cookies.bake().project_path
+    env = (path / ".env").read_text()
+    if os.getuid() == 0:
+        assert "\nAPP_UID=10001\nAPP_GID=10001\n" in env
+        assert ((path / "media").stat().st_uid, (path / "media").stat().st_gid) == (10001, 10001)
+    else:
+        assert f"\nAPP_UID={os.getuid()}\nAPP_GID={os.getgid()}\n" in env
+        assert not (path / "media").exists()
 
 
 def test_the_matrix_bakes_every_pair_of_option_values():

@@ -180,6 +180,7 @@ NAMED_BUT_UNSET = {
     "WORKER_DEFAULT_CONCURRENCY",  # topology.md: built from the pool name (Pool.concurrency_env)
     "WORKER_EXPORT_CONCURRENCY",
     "WORKER_HIGH_CONCURRENCY",
+    "COMPOSE_PROFILES",  # docker-compose.md: Compose's own variable, read by docker compose only
 }
 SETTING_NAME = re.compile(r"`([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)\b[^`]*`")
 

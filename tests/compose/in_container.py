@@ -71,7 +71,14 @@ def exports_parallel() -> dict:
     jobs = [ExportJob.objects.create(user=demo()) for _ in range(int(os.environ["COUNT"]))]
     started = time.perf_counter()
     results = [generate.delay(job.pk) for job in jobs]
-    runs = [result_of(result) for result in results]
+    try:
+        runs = [result_of(result) for result in results]
+    except Exception as error:  # say where each export stood, not only that one was late
+        states = [
+            f"job {job.pk}: {job.status}, {job.processed_rows} rows, lease {job.lease_owner or '-'}, parts {job.parts}"
+            for job in ExportJob.objects.filter(pk__in=[job.pk for job in jobs]).order_by("pk")
+        ]
+        raise RuntimeError(f"after {time.perf_counter() - started:.0f}s: " + "; ".join(states)) from error
     return {"runs": runs, "seconds": time.perf_counter() - started}
 
 

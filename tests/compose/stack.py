@@ -129,7 +129,10 @@ class Stack:
             self.down()
 
     def down(self) -> None:
-        self.compose("down", "--volumes", "--remove-orphans", "--timeout", "20", timeout=300, check=False)
+        # Every profile: a service a test started with its profile goes too.
+        self.compose(
+            "--profile", "*", "down", "--volumes", "--remove-orphans", "--timeout", "20", timeout=300, check=False
+        )
 
     def logs(self, tail: int = 80) -> str:
         # Not through compose(): that attaches these logs to its own errors.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -26,7 +27,8 @@ from .stack import Stack, wait_until
 
 FILES = ["docker-compose.yml"]
 DJANGO_SERVICES = {"django", "worker-high", "worker-default", "worker-export", "beat", "flower", "outbox-relay"}
-SERVICES = DJANGO_SERVICES | {"postgres", "redis", "prometheus"}
+# What `docker compose up` starts: Prometheus only with its profile (monitoring).
+SERVICES = DJANGO_SERVICES | {"postgres", "redis"}
 # A slow export, so that it can be reloaded and stopped part-way: 100 batches of 2,000
 # rows, 0.2 s each. Only the env file changes; the compose file is tested as baked.
 EXPORT_ROWS = 200_000
@@ -87,6 +89,7 @@ def test_every_service_is_healthy_and_migrate_ran_first(stack):
         if service in DJANGO_SERVICES:
             assert state["StartedAt"] > migrate["State"]["FinishedAt"], f"{service} started before migrate finished"
     assert SERVICES <= by_service.keys()
+    assert "prometheus" not in by_service  # not needed to use the site: --profile monitoring
 
 
 def test_first_run_prints_a_demo_login_that_works(stack):
@@ -114,7 +117,9 @@ def test_published_ports_answer(stack):
 
 def test_prometheus_scrapes_the_web_with_the_env_files_credentials(stack):
     """compose/prometheus/: the django target is up (basic auth from .envs/.local/.metrics),
-    every queue's SLA is stored, and the alert rules are loaded and evaluate."""
+    every queue's SLA is stored, and the alert rules are loaded and evaluate. Started the
+    way the baked README says, with its profile, beside the running stack."""
+    stack.compose("--profile", "monitoring", "up", "--detach", "--wait", "prometheus", timeout=600)
     prometheus = f"http://127.0.0.1:{stack.env['PROMETHEUS_PORT']}"
 
     def fetch(path: str) -> dict:
@@ -187,7 +192,32 @@ def test_pools_scale_out_across_containers(stack):
 
     # Three slow exports at once: with one process and prefetch 1 per container, each
     # container can hold only one, so all three replicas must work.
-    runs = stack.action("exports-parallel", count=3)["runs"]
+    # (Each takes 20 s or more here: 100 throttled batches. The generous limit is for a
+    # busy CI machine; on a timeout the action says where each export stood.)
+    runs = stack.action("exports-parallel", count=3, timeout=300)["runs"]
     assert {run["result"] for run in runs} == {"completed"}
     assert {run["worker"] for run in runs} == {f"export@{name}" for name in exporters}
     stack.up("--scale", "worker-export=1", "--scale", "worker-high=1")
+
+
+def test_images_belong_to_their_project_and_never_run_as_root(stack):
+    """Another compose project in the same checkout builds its own image, beside the
+    stack's; given uid 0 (a checkout owned by root, `make up` as root), the development
+    image keeps its own unprivileged user."""
+    other = f"{stack.name}_second"
+    own, theirs = f"{stack.name}_local_django", f"{other}_local_django"
+
+    def ids(image: str) -> tuple[str, str]:
+        command = ["docker", "run", "--rm", "--entrypoint", "id", image]
+        return tuple(
+            subprocess.run([*command, flag], capture_output=True, text=True, check=True).stdout.strip()
+            for flag in ("-u", "-g")
+        )
+
+    as_root = Stack(stack.path, stack.files, stack.env | {"APP_UID": "0", "APP_GID": "0"})
+    try:
+        as_root.compose("-p", other, "build", "django")
+        assert ids(theirs) == ("10001", "10001")
+        assert ids(own) == (str(BAKER_UID), str(BAKER_UID))  # the running stack's image is untouched
+    finally:
+        subprocess.run(["docker", "image", "rm", "--force", theirs], capture_output=True, check=False)

@@ -179,7 +179,7 @@ def submit(args) -> dict:
             "checkout",
             reverse("payments:checkout"),
             # One submission per checkout: a fresh key, as a freshly rendered form carries.
-            {"amount_cents": 2500, "currency": "EUR", "payment_method": "pm_card_visa", "submission_key": uuid.uuid4()},
+            {"amount": "25.00", "currency": "EUR", "payment_method": "pm_card_visa", "submission_key": uuid.uuid4()},
         )
     for _ in range(args.resets):
         name = f"drill-{uuid.uuid4().hex[:12]}"
@@ -421,7 +421,7 @@ def load(args) -> dict:
             name = rng.choice(customers)
             browser, key = browsers[name], str(uuid.uuid4())
             card = rng.choices(list(SOAK_CARDS), [4, 1])[0]
-            form = {"amount_cents": rng.randint(50, 99_999), "currency": "EUR", "payment_method": card}
+            form = {"amount": f"{rng.randint(50, 99_999) / 100:.2f}", "currency": "EUR", "payment_method": card}
             form["submission_key"] = key
             answers = []
             if rng.random() < 0.2:  # a double click: the same form twice, at the same moment

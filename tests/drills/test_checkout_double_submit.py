@@ -83,7 +83,7 @@ def test_double_clicked_checkout_creates_one_order_and_charges_once(project, poo
     assert web.request("POST", "/accounts/login/", login)[0] == 302
     before = set(project.driver("state")["orders"])
     form = web.form("/payments/checkout/") | {
-        "amount_cents": "4200",
+        "amount": "42.00",
         "currency": "EUR",
         "payment_method": "pm_card_visa",
     }

@@ -150,10 +150,25 @@ class WorkerPools:
             answered = {host for reply in replies for host in reply} & expected
 
     def kill(self, pool_name: str, sig: signal.Signals, whole_group: bool = False, timeout: float = 60) -> None:
-        """Signal a pool's main process (as Docker does), or its whole process group (SIGKILL, OOM)."""
+        """Signal a pool's main process (as Docker does), or its whole process group (SIGKILL, OOM).
+
+        A pool still running ``timeout`` seconds later fails the test, and is gone
+        all the same, so that a ``restart()`` works and one hang does not fail every
+        later test: first SIGUSR1 (Celery's worker logs the stack of each of its
+        threads: where it hangs), then SIGKILL to the group, as Docker ends a stop
+        after its grace period. The failure shows the end of the pool's log.
+        """
         process = self.processes[pool_name]
         os.killpg(process.pid, sig) if whole_group else os.kill(process.pid, sig)
-        process.wait(timeout=timeout)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGUSR1)
+            time.sleep(2)  # time to write the stacks
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            tail = "\n".join(self.log(pool_name).splitlines()[-150:])
+            pytest.fail(f"{pool_name} still ran {timeout}s after {sig.name}; the end of its log:\n{tail}")
 
     def restart(self, pool_name: str, **env: str) -> None:
         """Start the pool again from its Procfile line, as a process manager would (``env``: overrides)."""

@@ -55,7 +55,7 @@ class Browser:
         assert status == 200
         hidden = dict(re.findall(r'type="hidden" name="(\w+)" value="([^"]+)"', page))
         assert {"csrfmiddlewaretoken", "submission_key"} <= set(hidden)
-        return hidden | {"amount_cents": "2500", "currency": "EUR", "payment_method": "pm_card_visa"}
+        return hidden | {"amount": "25.00", "currency": "EUR", "payment_method": "pm_card_visa"}
 
 
 def login(live_server, username: str) -> Browser:

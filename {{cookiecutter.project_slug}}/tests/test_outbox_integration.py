@@ -139,10 +139,10 @@ def request(port: int, method: str, path: str, data: str = "", cookies: dict | N
     return response.status, response.getheader("Location"), time.monotonic() - started
 
 
-def checkout_form(amount_cents: int) -> str:
+def checkout_form(amount: str) -> str:
     """A submitted checkout form: one submission (a fresh key, as each rendered form carries)."""
     return urlencode(
-        {"amount_cents": amount_cents, "currency": "EUR", "payment_method": "pm_card_visa",
+        {"amount": amount, "currency": "EUR", "payment_method": "pm_card_visa",
          "submission_key": uuid.uuid4()}
     )  # fmt: skip
 
@@ -165,12 +165,12 @@ def test_broker_down_requests_answer_at_once_and_run_once_it_is_back(stack):
     port = stack["port"]
 
     # Broker up: the request publishes right after its COMMIT (a connection is now pooled).
-    assert request(port, "POST", "/payments/checkout/", checkout_form(1000), cookies)[0] == 302
+    assert request(port, "POST", "/payments/checkout/", checkout_form("10.00"), cookies)[0] == 302
     wait_for(lambda: Order.objects.filter(status=Order.Status.PAID).count() == 1, 60, "the first order to be paid")
 
     stack["broker"].stop()
     answers = {
-        "checkout": request(port, "POST", "/payments/checkout/", checkout_form(2500), cookies),
+        "checkout": request(port, "POST", "/payments/checkout/", checkout_form("25.00"), cookies),
         "password reset": request(port, "POST", "/accounts/password_reset/", "email=ada%40example.com", cookies),
         "export": request(port, "POST", "/exports/start/", "", cookies),
     }

@@ -183,7 +183,7 @@ def test_checkout_dispatches_after_commit_so_the_worker_always_finds_the_order(l
     log_start = len(live_celery.log("worker-high"))
 
     for _ in range(10):
-        form = {"amount_cents": 2500, "currency": "EUR", "payment_method": "pm_card_visa"}
+        form = {"amount": "25.00", "currency": "EUR", "payment_method": "pm_card_visa"}
         response = client.post(reverse("payments:checkout"), form | {"submission_key": str(uuid.uuid4())})
         assert response.status_code == 302
 
@@ -267,9 +267,11 @@ def stripe_pool(live_celery, stripe_payments):
         live_celery.restart("worker-high")
         yield stripe_payments
     finally:
-        live_celery.kill("worker-high", signal.SIGTERM, timeout=90)
         live_celery.env = plain
-        live_celery.restart("worker-high")
+        try:
+            live_celery.kill("worker-high", signal.SIGTERM, timeout=90)
+        finally:
+            live_celery.restart("worker-high")  # even after a failed stop: the next tests need the pool
 
 
 def test_16_concurrent_deliveries_through_stripe_create_one_payment_intent(stripe_pool, user):

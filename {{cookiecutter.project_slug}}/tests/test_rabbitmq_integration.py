@@ -1,12 +1,14 @@
 """What RabbitMQ changes, proven on the real server (this file exists only with broker=rabbitmq).
 
 Quorum queues, countdowns held by the broker rather than by a worker (native
-delayed delivery), and a dead worker's message handed back at once instead of
-after Redis's visibility timeout.
+delayed delivery), a dead worker's message handed back at once instead of
+after Redis's visibility timeout, and a SIGTERM that cannot hang a worker.
 """
 
 import re
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -119,3 +121,76 @@ def test_compose_rabbitmq_lets_the_longest_task_hold_its_message(filename):
     args = service["environment"]["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"]
     timeout_ms = int(re.search(r"-rabbit consumer_timeout (\d+)", args).group(1))
     assert timeout_ms >= topology.VISIBILITY_TIMEOUT * 1000 > topology.longest_time_limit() * 1000
+
+
+def test_every_pool_writes_frames_with_the_shutdown_safe_writer(live_celery):
+    """CELERY_BROKER_TRANSPORT_OPTIONS reaches each pool's connection, and its stats (Flower's too) still encode."""
+    from config import topology
+
+    stats = dispatch_latency_probes.app.control.inspect(timeout=5.0).stats() or {}
+    for pool in topology.POOLS:
+        options = stats[live_celery.hostname(pool.name)]["broker"]["transport_options"]
+        assert options["frame_writer"] == "config.amqp_frames.frame_writer"
+
+
+# A consumer on a RabbitMQ connection whose SIGTERM handler does what Celery's cold
+# shutdown does first (cancel the consumer, ignoring connection errors), and a
+# SIGTERM that arrives while the main thread is in the middle of writing a frame
+# (here: a publish; in a worker, usually an ack). argv: broker URL, "amqp" for
+# py-amqp's own frame writer or "ours" for config/amqp_frames.py.
+SIGNAL_DURING_A_WRITE = """
+import os, signal, sys
+from kombu import Connection, Exchange, Queue
+from kombu.common import ignore_errors
+
+options = {"confirm_publish": True}
+if sys.argv[2] == "ours":
+    from config.amqp_frames import frame_writer
+    options["frame_writer"] = frame_writer
+with Connection(sys.argv[1], transport_options=options) as connection:
+    probe = Queue("signal-probe", Exchange("signal-probe", type="topic"), routing_key="probe", exclusive=True)
+    received = []
+    consumer = connection.Consumer(probe, callbacks=[lambda body, message: received.append(message.ack())])
+    consumer.consume()
+    handled = []
+    signal.signal(signal.SIGTERM, lambda *_: handled.append(ignore_errors(connection, consumer.cancel)))
+
+    transport = connection.connection.transport
+    send = transport._write
+    def send_then_signal(data):  # inside amqp's frame writer: the frame is half written
+        transport._write = send
+        os.kill(os.getpid(), signal.SIGTERM)  # its handler runs as soon as this call returns
+        send(data)
+    transport._write = send_then_signal
+    connection.Producer().publish({"n": 1}, exchange=probe.exchange, routing_key="probe", declare=[probe])
+    while not received:  # the message comes back (perhaps already, while the publish waited for its confirm)
+        connection.drain_events(timeout=5)
+    print(f"handled {len(handled)} signal, shut down cleanly")
+"""
+
+
+@pytest.mark.parametrize(("writer", "hangs"), [("amqp", True), ("ours", False)])
+def test_a_signal_during_a_frame_write_cannot_deadlock_the_shutdown(broker_url, writer, hangs):
+    """config/amqp_frames.py: SIGTERM while a frame is being written stops the process, not hangs it.
+
+    With amqp's own writer the handler's cancel waits forever for the frame lock
+    its own thread holds. That case is asserted too: the day a release of amqp
+    (or Celery) fixes it, this test fails and config/amqp_frames.py can go.
+    """
+    process = subprocess.Popen(
+        [sys.executable, "-c", SIGNAL_DURING_A_WRITE, broker_url, writer],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+        assert hangs, f"{writer}: the process hung:\n{output}"
+    else:
+        assert not hangs, f"{writer}: no hang, amqp may have fixed it:\n{output}"
+        assert process.returncode == 0, output
+        assert "handled 1 signal, shut down cleanly" in output

@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 from playwright.sync_api import expect
@@ -83,8 +84,13 @@ def test_log_in_find_every_page_and_log_out(live_server, browser, shoot, transac
     page = browser.new_page()
     page.goto("/")
     expect(page.locator("#login")).to_be_visible()
+    forgot = page.get_by_role("link", name="Forgot your password?")
+    expect(forgot).to_be_visible()
     page.click("#login")
     expect(page.locator("h1")).to_have_text("Log in")
+    # The site's name, not the host Django's login view calls the site ("localhost:8000").
+    expect(page).to_have_title(f"Log in · {settings.SITE_NAME}")
+    expect(nav(page, settings.SITE_NAME)).to_be_visible()
     assert "Django administration" not in page.content()
     shoot(page, "login")
 
@@ -94,6 +100,7 @@ def test_log_in_find_every_page_and_log_out(live_server, browser, shoot, transac
     page.wait_for_url(re.compile(r"/$"))
     expect(page.locator("#signed-in")).to_have_text("Signed in as ada")
     expect(page.locator("nav")).not_to_contain_text("Operations")  # staff only
+    expect(forgot).to_have_count(0)  # signed in: the password is known
     shoot(page, "home")
 
     # The home page and the navigation lead to each part of the site.
@@ -117,6 +124,10 @@ def test_checkout_shows_how_each_payment_ended(live_celery, live_server, browser
     page = log_in(browser, "ada")
 
     nav(page, "Checkout").click()
+    # An amount in money, next to its currency: not "Amount cents: 2500".
+    expect(page.get_by_label("Amount")).to_have_value("25.00")
+    expect(page.get_by_label("Currency")).to_have_value("EUR")
+    expect(page.locator("#checkout")).not_to_contain_text("cents")
     page.select_option("#id_payment_method", "pm_card_visa")
     shoot(page, "checkout")
     page.click("main button[type=submit]")
@@ -146,7 +157,7 @@ def test_an_export_whose_worker_died_shows_stalled_resuming_and_can_be_cancelled
 ):
     ada = account("ada")
     now = timezone.now()
-    ExportJob.objects.create(
+    done = ExportJob.objects.create(
         user=ada, status=ExportJob.Status.COMPLETED, processed_rows=5000, total_rows=5000, finished_at=now
     )
     ExportJob.objects.create(user=ada, status=ExportJob.Status.FAILED, error="OSError: [Errno 28] No space left")
@@ -165,6 +176,12 @@ def test_an_export_whose_worker_died_shows_stalled_resuming_and_can_be_cancelled
     row = page.locator(f"#export-{job.pk}")
     expect(row.locator(".status")).to_have_text("Running")
     assert row.locator("progress").evaluate("bar => bar.value") == pytest.approx(0.4)
+    # A finished export's rows, on the list and on its page, counted and written alike.
+    expect(page.locator(f"#export-{done.pk} .rows")).to_have_text("5,000 of 5,000 rows")
+    page.locator(f"#export-{done.pk} a").first.click()
+    expect(page.locator("#status")).to_have_text("Completed")
+    expect(page.locator("#progress")).to_have_text("5,000 of 5,000 rows")
+    nav(page, "Exports").click()
 
     row.locator("a").first.click()
     expect(page.locator("#progress")).to_contain_text("2,000 of 5,000 rows")
@@ -225,18 +242,23 @@ def test_the_password_reset_flow_wears_the_sites_look(live_server, browser, shoo
 
 
 @pytest.fixture
-def canary_history():
-    """An hour of canary samples per queue, a few over the SLA; removed afterwards."""
+def no_canary_samples():
+    """No canary sample yet, as on a fresh start (beat sends none in these tests); removed afterwards."""
     keys = [metrics.LATENCY] + [metrics.HISTORY + queue for queue in topology.QUEUES]
     metrics.store().delete(*keys)
-    start = time.time() - 3600
+    yield
+    metrics.store().delete(*keys)
+
+
+@pytest.fixture
+def canary_history(no_canary_samples):
+    """An hour of canary samples per queue, one a minute up to now, a few over the SLA."""
+    start = time.time() - 59 * 60
     for queue in topology.QUEUES:
         sla = topology.SLA_SECONDS[queue]
         for minute in range(60):
             factor = 1.6 if minute in (20, 21, 45) else 0.1 + 0.3 * ((minute * 7) % 11) / 11
             metrics.record_latency(queue, sla * factor, at=start + 60 * minute)
-    yield
-    metrics.store().delete(*keys)
 
 
 def test_the_operations_page_is_for_staff(live_server, browser, shoot, transactional_db, canary_history):
@@ -261,3 +283,29 @@ def test_the_operations_page_is_for_staff(live_server, browser, shoot, transacti
     assert response.status == 403
     expect(customer.locator("h1")).to_have_text("Not allowed")
     expect(customer.locator("#signed-in")).to_have_text("Signed in as ada")
+
+
+def test_the_operations_page_just_after_start_shows_the_hour_to_come(
+    live_server, browser, shoot, transactional_db, no_canary_samples
+):
+    """The first canary samples: each a dot at the right end of the hour, across the full width;
+    a queue without one yet says so."""
+    account("ops", is_staff=True)
+    *sampled, waiting = topology.QUEUES
+    for queue in sampled:
+        metrics.record_latency(queue, topology.SLA_SECONDS[queue] / 4)
+
+    page = log_in(browser, "ops")
+    nav(page, "Operations").click()
+    hour = ["60 min ago", "45 min ago", "30 min ago", "15 min ago", "now"]
+    for queue in topology.QUEUES:
+        chart = page.locator(f"#queue-{queue} svg.chart")
+        expect(chart.locator("text.time")).to_have_text(hour)
+        column = page.locator(f"#queue-{queue}").bounding_box()["width"]
+        assert chart.bounding_box()["width"] > 0.95 * column, queue  # the chart is as wide as its column
+    for queue in sampled:
+        expect(page.locator(f"#queue-{queue} svg.chart circle.sample")).to_have_count(1)
+    expect(page.locator(f"#queue-{waiting} svg.chart")).to_contain_text("No data yet")
+    expect(page.locator(f"#queue-{waiting} .latency")).to_have_text("no sample")
+    page.locator(f"#queue-{waiting}").scroll_into_view_if_needed()  # the screenshot: the empty chart too
+    shoot(page, "operations-start")

@@ -7,7 +7,7 @@ import environ
 from celery.schedules import crontab
 from kombu import Exchange, Queue
 
-from config import {% if cookiecutter.sentry == "yes" %}sentry, {% endif %}topology
+from config import {% if cookiecutter.broker == "rabbitmq" %}amqp_frames, {% endif %}{% if cookiecutter.sentry == "yes" %}sentry, {% endif %}topology
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 APPS_DIR = BASE_DIR / "{{ cookiecutter.project_slug }}"
@@ -76,6 +76,7 @@ DJANGO_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django.contrib.admin",
+    "django.contrib.humanize",  # intcomma: "10,000 rows"
 ]
 THIRD_PARTY_APPS = [
     "django_celery_beat",
@@ -504,7 +505,9 @@ CELERY_WORKER_DETECT_QUORUM_QUEUES = True
 # RabbitMQ closes a channel whose delivery stays unacknowledged for longer than
 # its consumer_timeout (30 min by default); with late acks that is a task's run
 # time. docker-compose raises it above the longest hard time limit.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
+# frame_writer: amqp's own, except that the cold shutdown Celery runs inside the
+# SIGTERM handler cannot deadlock on a frame the loop was writing (config/amqp_frames.py).
+CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True, "frame_writer": amqp_frames.frame_writer}
 # --8<-- [end:broker-rabbitmq]
 {%- else %}
 # --8<-- [start:broker-redis]

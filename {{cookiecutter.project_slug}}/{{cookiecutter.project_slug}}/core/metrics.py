@@ -59,6 +59,7 @@ POOL_HEARTBEATS, BEAT_TICK = "metrics:pool_heartbeats", "metrics:beat_tick"
 # capped: one canary a minute, so the last hour. Prometheus keeps the long history.
 HISTORY = "metrics:queue_latency_history:"
 HISTORY_LENGTH = 60
+HISTORY_WINDOW = HISTORY_LENGTH * 60  # seconds the list spans: the charts' time axis
 
 # Upper bounds of the duration buckets, in seconds: from a 10 ms password reset to
 # a 30-minute export (the export pool's time limit). +Inf is implied.

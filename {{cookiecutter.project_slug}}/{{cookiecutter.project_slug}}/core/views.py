@@ -1,9 +1,12 @@
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
+from django.http import Http404
 from django.shortcuts import render
 from django.utils.safestring import SafeString
+from django.views import defaults
 
 from config import topology
 
@@ -13,6 +16,22 @@ from .charts import latency_chart, seconds_label
 
 def home(request):
     return render(request, "core/home.html", {"pools": topology.POOLS, "routes": topology.ROUTES})
+
+
+def error_page(request, status: int):
+    """Development only: the site's own 404 or 403 page, at /404/ and /403/.
+
+    With DEBUG on, Django answers an unknown URL or a refusal with its technical
+    page (the yellow one, with the URL patterns tried); production shows
+    templates/404.html and 403.html. These render them through Django's own
+    handlers, as production does. Without DEBUG these URLs are not found like
+    any other.
+    """
+    if not settings.DEBUG:
+        raise Http404
+    if status == 403:
+        return defaults.permission_denied(request, PermissionDenied("This is how a refused page looks."))
+    return defaults.page_not_found(request, Http404())
 
 
 @dataclass
@@ -60,7 +79,8 @@ def operations(request):
                     chart=latency_chart(
                         metrics.latency_history(queue),
                         topology.SLA_SECONDS[queue],
-                        title=f"Queue {queue}: canary latency of the last {metrics.HISTORY_LENGTH} samples",
+                        title=f"Queue {queue}: canary latency of the last hour",
+                        window=metrics.HISTORY_WINDOW,
                     ),
                 )
                 for queue in pool.queues

@@ -1,5 +1,6 @@
 import logging
 import uuid
+from decimal import Decimal
 
 import stripe
 from django import forms
@@ -28,8 +29,14 @@ SANDBOX_CARDS = [
 
 
 class CheckoutForm(forms.Form):
-    amount_cents = forms.IntegerField(min_value=50, max_value=1_000_000, initial=2500)
-    currency = forms.ChoiceField(choices=[("EUR", "EUR"), ("USD", "USD"), ("GBP", "GBP")])
+    # People type 25.00 in the currency beside it; the order keeps (and the provider
+    # gets) whole cents: ``amount_cents`` in cleaned_data. 0.50 is Stripe's minimum.
+    amount = forms.DecimalField(
+        min_value=Decimal("0.50"), max_value=Decimal("10000.00"), decimal_places=2, initial=Decimal("25.00")
+    )
+    currency = forms.ChoiceField(
+        choices=[("EUR", "EUR"), ("USD", "USD"), ("GBP", "GBP")], widget=forms.Select(attrs={"aria-label": "Currency"})
+    )
     # With Stripe: the PaymentMethod id ("pm_...") that Stripe.js created in the
     # browser (the card never touches this server). With the sandbox: a test card.
     payment_method = forms.RegexField(regex=r"^pm_[A-Za-z0-9_]{1,61}$", max_length=64)
@@ -37,11 +44,18 @@ class CheckoutForm(forms.Form):
     submission_key = forms.UUIDField(widget=forms.HiddenInput)
 
     def __init__(self, *args, stripe_checkout: bool, **kwargs):
+        kwargs.setdefault("label_suffix", "")  # "Payment method", as "Amount" beside it: no colons
         super().__init__(*args, **kwargs)
         if stripe_checkout:  # filled in by the Payment Element's script
             self.fields["payment_method"].widget = forms.HiddenInput()
         else:
             self.fields["payment_method"].widget = forms.Select(choices=SANDBOX_CARDS)
+
+    def clean(self):
+        cleaned = super().clean()
+        if "amount" in cleaned:  # valid: at most two decimals
+            cleaned["amount_cents"] = int(cleaned.pop("amount") * 100)
+        return cleaned
 
 
 # --8<-- [start:checkout]

@@ -7,6 +7,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.staticfiles import finders
 from django.urls import reverse
+from django.utils.html import escape
 
 PAGES = [
     "home",
@@ -35,6 +36,45 @@ def test_every_page_has_the_layout_and_not_the_admins(client, user, name):
     assert "vendor/pico/pico.min.css" in page
     assert 'id="signed-in"' in page
     assert "Django administration" not in page
+
+
+def test_the_login_page_is_titled_with_the_sites_name_not_the_host(client, db, settings):
+    """Django's LoginView puts the host in ``site_name``; the layout uses SITE_NAME."""
+    page = client.get(reverse("login")).content.decode()
+
+    assert f"<title>Log in · {escape(settings.SITE_NAME)}</title>" in page
+    assert f"<strong>{escape(settings.SITE_NAME)}</strong>" in page  # the navigation's brand
+    assert "testserver" not in page  # the test client's host
+
+
+def test_forgot_your_password_is_offered_to_visitors_only(client, user):
+    reset = f'href="{reverse("password_reset")}"'
+    assert reset in client.get(reverse("home")).content.decode()
+    assert reset in client.get(reverse("login")).content.decode()
+
+    client.force_login(user)
+    assert reset not in client.get(reverse("home")).content.decode()
+
+
+def test_an_unknown_url_gets_the_sites_404_page(client, db, settings):
+    settings.DEBUG = False  # as in production (and this suite): DEBUG shows Django's technical page instead
+    response = client.get("/no-such-page/")
+
+    assert response.status_code == 404
+    page = response.content.decode()
+    assert "<h1>Not found</h1>" in page
+    assert "vendor/pico/pico.min.css" in page
+
+
+@pytest.mark.parametrize(("path", "status", "heading"), [("/404/", 404, "Not found"), ("/403/", 403, "Not allowed")])
+def test_development_shows_the_sites_error_pages_at_their_own_urls(client, db, settings, path, status, heading):
+    settings.DEBUG = True
+    response = client.get(path)
+    assert response.status_code == status
+    assert f"<h1>{heading}</h1>" in response.content.decode()  # the site's template, not Django's technical page
+
+    settings.DEBUG = False
+    assert client.get(path).status_code == 404  # in production, not there
 
 
 def test_a_reset_link_that_does_not_work_says_so_in_the_sites_look(client, db):

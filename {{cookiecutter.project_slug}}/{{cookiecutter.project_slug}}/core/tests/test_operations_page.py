@@ -54,6 +54,12 @@ def sla_y(svg: str) -> float:
     return float(re.search(r'<line class="sla" x1="[\d.]+" y1="([\d.]+)"', svg).group(1))
 
 
+def axis_x(svg: str) -> tuple[float, float]:
+    """Where the time axis starts and ends (the x axis line)."""
+    x1, x2 = re.search(r'<line class="axis" x1="([\d.]+)" y1="([\d.]+)" x2="([\d.]+)" y2="\2"', svg).group(1, 3)
+    return float(x1), float(x2)
+
+
 def test_chart_draws_every_sample_and_the_sla_line():
     samples = [(1000.0, 0.2), (1060.0, 0.5), (1120.0, 1.5), (1180.0, 0.1)]
 
@@ -67,22 +73,49 @@ def test_chart_draws_every_sample_and_the_sla_line():
     assert svg.count('class="sample breach"') == 1  # the one sample over the SLA
     assert svg.count("<circle") == 4
     assert "SLA 1.0 s" in svg
-    assert "3 min ago" in svg  # the oldest sample
     assert svg.startswith('<svg class="chart"')
 
 
-def test_chart_without_samples_says_why_and_still_shows_the_sla():
+def dots_of(svg: str) -> list[float]:
+    return [float(x) for x in re.findall(r'<circle class="sample[^"]*" cx="([\d.]+)"', svg)]
+
+
+def test_the_time_axis_is_always_the_last_hour():
+    """Just after start: one sample, at the right, and the hour it begins, not a "now ... now" axis."""
+    svg = latency_chart([(1000.0, 0.3)], sla=1.0, title="Queue high", now=1000.0)
+
+    left, right = axis_x(svg)
+    assert dots_of(svg) == [pytest.approx(right)]
+    assert "<polyline" not in svg  # one sample: a dot, no line
+    labels = re.findall(r'<text class="time"[^>]*>([^<]+)</text>', svg)
+    assert labels == ["60 min ago", "45 min ago", "30 min ago", "15 min ago", "now"]
+
+    half_an_hour_ago = latency_chart([(1000.0, 0.3)], sla=1.0, title="Queue high", now=2800.0)
+    assert dots_of(half_an_hour_ago) == [pytest.approx((left + right) / 2)]
+
+
+def test_chart_leaves_out_samples_older_than_the_window_and_breaks_the_line_at_a_gap():
+    before = [(1000.0, 0.2)]  # older than the hour: not drawn
+    first = [(4000.0 + 60 * n, 0.2) for n in range(5)]
+    after_an_outage = [(5500.0 + 60 * n, 0.2) for n in range(5)]  # 20 min without a sample (beat was down)
+
+    svg = latency_chart(before + first + after_an_outage, sla=1.0, title="Queue high", now=5800.0)
+
+    assert len(dots_of(svg)) == 10
+    assert svg.count("<polyline") == 2
+
+
+def test_chart_without_samples_says_so_and_still_shows_the_sla():
     svg = latency_chart([], sla=60.0, title="Queue export", now=1200.0)
 
-    assert "no canary sample yet" in svg
+    assert "No data yet" in svg
+    assert "once a minute" in svg
     assert "<polyline" not in svg
     assert "SLA 60.0 s" in svg
+    assert "60 min ago" in svg  # the hour the data will fill
 
-
-def test_chart_with_one_sample_puts_it_at_the_right_edge():
-    svg = latency_chart([(1000.0, 0.3)], sla=1.0, title="Queue high", now=1000.0)
-    ((x, _),) = points_of(svg)
-    assert x == pytest.approx(float(re.search(r'<line class="sla" x1="[\d.]+" y1="[\d.]+" x2="([\d.]+)"', svg)[1]))
+    stopped = latency_chart([(1000.0, 0.3)], sla=60.0, title="Queue export", now=1000.0 + 7200)
+    assert "No data in the last 60 min" in stopped
 
 
 def test_chart_text_is_escaped():

@@ -23,6 +23,31 @@ def test_seed_creates_then_tops_up(db):
     assert Order.objects.filter(user__username="demo").count() == 3
 
 
+def test_without_orders_the_account_gets_a_finished_history_once(db):
+    """What `make dev` and compose run: no order waits for a worker that will never come."""
+    output = seed(transactions=10)
+
+    orders = Order.objects.filter(user__username="demo")
+    assert orders.count() == 10
+    statuses = set(orders.values_list("status", flat=True))
+    assert statuses == {Order.Status.PAID, Order.Status.FAILED}  # the orders page's end states
+    assert all(order.failure_reason for order in orders.filter(status=Order.Status.FAILED))
+    assert all(order.paid_at for order in orders.filter(status=Order.Status.PAID))
+    assert "10 orders: 8 paid, 2 failed" in output
+
+    seed(transactions=10)  # every start of make dev seeds again
+    assert Order.objects.filter(user__username="demo").count() == 10
+
+
+def test_orders_tops_up_the_unpaid_ones_next_to_the_history(db):
+    seed(transactions=10)
+    seed(transactions=10, orders=2)  # a script that wants orders to pay
+
+    demo = Order.objects.filter(user__username="demo")
+    assert demo.filter(status=Order.Status.PENDING).count() == 2  # the declined samples are not "unpaid"
+    assert demo.count() == 12
+
+
 def test_prints_a_login_that_works(db, settings):
     settings.SITE_URL = "http://localhost:8000"
     settings.DEMO_PASSWORD = "demo"

@@ -377,6 +377,23 @@ def test_start_progress_and_download(user, client, django_capture_on_commit_call
     assert b"".join(download.streaming_content).startswith(b"id,created_at")
 
 
+def test_the_list_and_the_page_count_a_finished_exports_rows_alike(user, client):
+    job = ExportJob.objects.create(
+        user=user,
+        status=ExportJob.Status.COMPLETED,
+        processed_rows=10_000,
+        total_rows=10_000,
+        finished_at=timezone.now(),
+    )
+    client.force_login(user)
+
+    listing = client.get(reverse("exports:list")).content.decode()
+    detail = client.get(reverse("exports:detail", args=[job.pk])).content.decode()
+
+    assert "10,000 of 10,000 rows" in listing  # thousands separated, as the page's script writes them
+    assert '<p id="progress">10,000 of 10,000 rows' in detail  # there before the first poll
+
+
 def test_only_the_owner_sees_or_downloads_an_export(user, client):
     job = ExportJob.objects.create(user=user)
     generate_csv_export(job.pk)

@@ -70,3 +70,21 @@ def test_a_bad_payment_method_is_a_form_error(client_of):
     response = client_of.post(reverse("payments:checkout"), checkout_form(payment_method="4242 4242 4242 4242"))
     assert response.status_code == 200
     assert not Order.objects.exists()
+
+
+def test_the_amount_is_typed_with_its_currency_and_kept_in_cents(client_of):
+    page = client_of.get(reverse("payments:checkout")).text
+    assert re.search(r'<label for="id_amount">Amount</label>\s*<fieldset role="group" class="amount">', page)
+    assert 'name="amount" value="25.00"' in page
+    assert 'aria-label="Currency"' in page
+    assert "cents" not in page.lower()  # no raw cents for people to type
+
+    client_of.post(reverse("payments:checkout"), checkout_form(amount="12.34", currency="GBP"))
+    assert Order.objects.values_list("amount_cents", "currency").get() == (1234, "GBP")
+
+
+@pytest.mark.parametrize("amount", ["12.345", "0.10", "abc", ""])
+def test_an_amount_that_is_not_money_is_a_form_error(client_of, amount):
+    response = client_of.post(reverse("payments:checkout"), checkout_form(amount=amount))
+    assert response.status_code == 200
+    assert not Order.objects.exists()

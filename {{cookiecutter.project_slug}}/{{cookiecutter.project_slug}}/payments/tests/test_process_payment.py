@@ -23,7 +23,7 @@ from ..tasks import process_payment
 def checkout_form(**fields) -> dict:
     """A filled-in checkout form, with a submission key of its own (as each rendered form has)."""
     return {
-        "amount_cents": 2500,
+        "amount": "25.00",
         "currency": "EUR",
         "payment_method": "pm_card_visa",
         "submission_key": str(uuid.uuid4()),
