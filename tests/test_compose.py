@@ -68,7 +68,7 @@ def rabbit_bake(cookies_session):
     return cookies_session.bake(extra_context={"broker": "rabbitmq"}).project_path
 
 
-def services(path, filename) -> dict:
+def compose_services(path, filename) -> dict:
     return yaml.safe_load((path / filename).read_text())["services"]
 
 
@@ -84,7 +84,7 @@ def docs_row(first_cell: str) -> list[str]:
 def test_every_published_port_is_on_localhost_and_in_the_docs(rabbit_bake):
     published = {}
     for filename in COMPOSE_FILES:
-        for name, service in services(rabbit_bake, filename).items():
+        for name, service in compose_services(rabbit_bake, filename).items():
             for port in service.get("ports", []):
                 found = PUBLISHED.match(port)
                 assert found, f"{filename}: {name} publishes {port!r}, not from a variable with a default"
@@ -97,13 +97,13 @@ def test_every_published_port_is_on_localhost_and_in_the_docs(rabbit_bake):
 
 
 def test_only_the_sites_services_start_without_a_profile(rabbit_bake):
-    local = services(rabbit_bake, "docker-compose.yml")
+    local = compose_services(rabbit_bake, "docker-compose.yml")
     assert {name for name, service in local.items() if "profiles" in service} == {"prometheus"}
     assert local["prometheus"]["profiles"] == ["monitoring"]
     # Nothing the site needs waits for a service that only a profile starts.
     for name, service in local.items():
         assert "prometheus" not in service.get("depends_on", {}), name
-    production = services(rabbit_bake, "docker-compose.production.yml")
+    production = compose_services(rabbit_bake, "docker-compose.production.yml")
     assert not any("profiles" in service for service in production.values())
 
 
@@ -111,7 +111,7 @@ def test_only_the_sites_services_start_without_a_profile(rabbit_bake):
 def test_the_docs_list_every_image_a_compose_file_pulls_or_builds(rabbit_bake, filename):
     _, pulls, builds = docs_row(f"`{filename}`")
     assert sorted(re.findall(r"`([^`]+)`", pulls)) == sorted(compose_images(rabbit_bake, [filename]))
-    built = [service["image"] for service in services(rabbit_bake, filename).values() if "build" in service]
+    built = [service["image"] for service in compose_services(rabbit_bake, filename).values() if "build" in service]
     assert sorted(re.findall(r"`([^`]+)`", builds)) == sorted(set(built))
     # Named after the compose project, so that two checkouts never share an image.
     assert all(image.startswith("${COMPOSE_PROJECT_NAME}_") for image in built)

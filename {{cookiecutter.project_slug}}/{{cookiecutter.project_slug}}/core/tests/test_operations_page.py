@@ -60,6 +60,11 @@ def axis_x(svg: str) -> tuple[float, float]:
     return float(x1), float(x2)
 
 
+def dots_of(svg: str) -> list[float]:
+    """Where each sample's dot is on the time axis."""
+    return [float(x) for x in re.findall(r'<circle class="sample[^"]*" cx="([\d.]+)"', svg)]
+
+
 def test_chart_draws_every_sample_and_the_sla_line():
     samples = [(1000.0, 0.2), (1060.0, 0.5), (1120.0, 1.5), (1180.0, 0.1)]
 
@@ -74,10 +79,6 @@ def test_chart_draws_every_sample_and_the_sla_line():
     assert svg.count("<circle") == 4
     assert "SLA 1.0 s" in svg
     assert svg.startswith('<svg class="chart"')
-
-
-def dots_of(svg: str) -> list[float]:
-    return [float(x) for x in re.findall(r'<circle class="sample[^"]*" cx="([\d.]+)"', svg)]
 
 
 def test_the_time_axis_is_always_the_last_hour():
