@@ -34,7 +34,13 @@ REMOVE_WHEN = {
     ],
     ("kubernetes", "no"): ["k8s", "config/kubernetes.py", "tests/test_kubernetes.py", "tests/keda"],
     ("opentelemetry", "no"): ["config/telemetry.py", "tests/test_telemetry_integration.py"],
-    ("sentry", "no"): ["config/sentry.py", "tests/sentry_tasks.py", "tests/test_sentry_integration.py"],
+    ("sentry", "no"): [
+        "config/sentry.py",
+        "tests/sentry_ingest.py",
+        "tests/sentry_tasks.py",
+        "tests/test_sentry_integration.py",
+        "tests/test_sentry_scrubbing.py",
+    ],
 }
 
 # The Kubernetes overlay's Secret (git-ignored); its example is written beside it.
@@ -185,11 +191,14 @@ def main() -> None:
         for placeholder, value in SECRETS.items():
             text = text.replace(placeholder, value)
         path.write_text(text)
+        path.chmod(0o600)  # secrets: readable by whoever baked the project, nobody else
     if BAKED_BY_ROOT:
         # That user cannot write into root's checkout: give it the one directory the
-        # development containers write into, ./media (export files; git-ignored).
+        # development containers write into, ./media (export files; git-ignored), and
+        # the one secret file they read, .env (config/settings/base.py).
         Path("media").mkdir(exist_ok=True)
-        os.chown("media", int(IMAGE_UID), int(IMAGE_UID))
+        for path in ("media", ".env"):
+            os.chown(path, int(IMAGE_UID), int(IMAGE_UID))
     record_template()
     print(next_steps())
 

@@ -70,18 +70,40 @@ def test_manage_py_check_passes_at_warning_level(baked):
     assert_ok(run(["python", "manage.py", "check", "--fail-level", "WARNING"], baked.path))
 
 
+PRODUCTION_ENV = {
+    "DJANGO_SETTINGS_MODULE": "config.settings.production",
+    "DJANGO_SECRET_KEY": "x7$Kq!vZ2p@Lm9#Rt4^Wb6&Yc8*Nd1(Fe3)Gh5_Jk0+Ps-Qu=Vw?Xy<Za>Bc:Df;",
+    "DJANGO_AWS_STORAGE_BUCKET_NAME": "dummy-bucket",
+    "DATABASE_URL": "postgres://user:password@db.invalid:5432/app",
+    "REDIS_URL": "redis://redis.invalid:6379/0",
+    "STRIPE_SECRET_KEY": "sk_test_dummy",
+    "STRIPE_WEBHOOK_SECRET": "whsec_dummy",
+}
+
+
 def test_deploy_check_passes_with_production_settings(baked):
-    env = {
-        "DJANGO_SETTINGS_MODULE": "config.settings.production",
-        "DJANGO_SECRET_KEY": "x7$Kq!vZ2p@Lm9#Rt4^Wb6&Yc8*Nd1(Fe3)Gh5_Jk0+Ps-Qu=Vw?Xy<Za>Bc:Df;",
-        "DJANGO_SECURE_HSTS_SECONDS": "31536000",
-        "DJANGO_AWS_STORAGE_BUCKET_NAME": "dummy-bucket",
-        "DATABASE_URL": "postgres://user:password@db.invalid:5432/app",
-        "REDIS_URL": "redis://redis.invalid:6379/0",
-        "STRIPE_SECRET_KEY": "sk_test_dummy",
-        "STRIPE_WEBHOOK_SECRET": "whsec_dummy",
-    }
-    assert_ok(run(["python", "manage.py", "check", "--deploy", "--fail-level", "WARNING"], baked.path, env=env))
+    """With the production env's defaults (HSTS included) and real secrets, not one warning."""
+    args = ["python", "manage.py", "check", "--deploy", "--fail-level", "WARNING"]
+    assert_ok(run(args, baked.path, env=PRODUCTION_ENV))
+
+
+@pytest.mark.parametrize(
+    ("hsts", "refused"),
+    [
+        ({"DJANGO_SECURE_HSTS_PRELOAD": "true"}, False),  # a year with subdomains: what the list asks for
+        ({"DJANGO_SECURE_HSTS_PRELOAD": "true", "DJANGO_SECURE_HSTS_SECONDS": "60"}, True),
+        ({"DJANGO_SECURE_HSTS_PRELOAD": "true", "DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS": "false"}, True),
+    ],
+)
+def test_deploy_check_refuses_a_preload_the_list_would_reject(cookies_session, hsts, refused):
+    """HSTS preload is opt-in (off by default, security.W021 silenced on purpose); opted
+    into with less than a year or without subdomains, the deploy check fails (core.E001)."""
+    path = cookies_session.bake().project_path
+    result = run(
+        ["python", "manage.py", "check", "--deploy", "--fail-level", "WARNING"], path, env=PRODUCTION_ENV | hsts
+    )
+    assert ("core.E001" in result.stdout + result.stderr) is refused, result.stdout + result.stderr
+    assert (result.returncode != 0) is refused
 
 
 def test_migrations_are_complete(baked):
@@ -205,18 +227,43 @@ def test_secrets_are_generated_per_bake(cookies):
     assert keys[0] != keys[1]
 
 
+def test_secret_files_are_readable_by_their_owner_only(cookies):
+    """Every file the bake writes a secret into is mode 0600, whatever the umask; the
+    committed example of the Kubernetes Secret holds none and stays readable."""
+    path = cookies.bake(extra_context={"kubernetes": "yes", "broker": "rabbitmq"}).project_path
+    secret_files = [path / ".env", *path.glob(".envs/*/.*"), path / "k8s/overlays/production/secrets.env"]
+    assert len(secret_files) >= 9
+    modes = {str(file.relative_to(path)): oct(file.stat().st_mode & 0o777) for file in secret_files}
+    assert set(modes.values()) == {"0o600"}, modes
+    example = path / "k8s/overlays/production/secrets.env.example"
+    assert "change-me" in example.read_text()
+    assert example.stat().st_mode & 0o044  # no secret in it: others may read it
+
+
+def test_the_build_context_lets_in_only_what_the_image_needs(baked):
+    """.dockerignore is an allow-list (everything out, the image's files back in). Docker's
+    own reading of it is tested on the built image (tests/compose/test_production_stack.py)."""
+    lines = [line for line in (baked.path / ".dockerignore").read_text().splitlines() if line and line[0] != "#"]
+    assert lines[0] == "*"
+    allowed = sorted(line[1:].rstrip("/") for line in lines if line.startswith("!"))
+    assert allowed == sorted(["config", baked.path.name, "requirements", "manage.py"])
+    assert not any(line.startswith(("!.env", "!k8s", "!.")) for line in lines)
+
+
 def test_compose_runs_as_the_user_who_baked_but_never_as_root(cookies):
     """.env carries the baker's ids; docker-compose.yml builds the development image with them.
 
     Root's are never passed on: a project baked by root (CI, a server) runs its containers
-    as the image's own user, 10001, which gets ./media, the one directory they write.
+    as the image's own user, 10001, which gets ./media, the one directory they write, and .env.
     (The Dockerfile's own refusal of uid 0: tests/compose/test_local_stack.py.)
     """
     path = cookies.bake().project_path
     env = (path / ".env").read_text()
     if os.getuid() == 0:
         assert "\nAPP_UID=10001\nAPP_GID=10001\n" in env
-        assert ((path / "media").stat().st_uid, (path / "media").stat().st_gid) == (10001, 10001)
+        # ./media and .env (0600, read by config/settings/base.py in the containers) are that user's.
+        for owned in (path / "media", path / ".env"):
+            assert (owned.stat().st_uid, owned.stat().st_gid) == (10001, 10001), owned
     else:
         assert f"\nAPP_UID={os.getuid()}\nAPP_GID={os.getgid()}\n" in env
         assert not (path / "media").exists()

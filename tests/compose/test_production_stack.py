@@ -8,12 +8,17 @@ test tools pulled in shows up here as a crash at start-up.
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 import re
+import subprocess
+import tarfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -61,10 +66,58 @@ def awkward_database_password(stack: Stack) -> str:
     return password
 
 
+def allow_sandbox_payments(stack: Stack) -> None:
+    """The payment tests below pay with the sandbox provider, as a staging site would: allowed on purpose.
+
+    As shipped (no STRIPE_SECRET_KEY), production takes no payments at all, sandbox ones
+    included; test_check_deploy_raises_only_the_sandbox_warning checks that too.
+    """
+    env_file = stack.path / ".envs/.production/.django"
+    text = env_file.read_text()
+    assert "\nPAYMENTS_ALLOW_SANDBOX=false\n" in text  # the shipped default
+    env_file.write_text(text.replace("\nPAYMENTS_ALLOW_SANDBOX=false\n", "\nPAYMENTS_ALLOW_SANDBOX=true\n"))
+
+
+# Files a user may leave beside the code, which no deny-list names: the image must not get them.
+STRAY_FILES = {
+    "k8s/overlays/staging/secrets.env": "DJANGO_SECRET_KEY=StrayStagingSecret0123456789abcdefABCDEF\n",
+    "backup-2026-12-01.sql": "-- pg_dump\nCOPY users_user (password) FROM stdin;\nStrayDumpedPasswordHash0123456789abcdef\n",
+    "config/settings/.env.production": "STRIPE_SECRET_KEY=sk_live_StrayStripeKey0123456789abcdefABC\n",
+}
+# The generated secrets: 32 or 64 letters and digits (hooks/post_gen_project.py, token()).
+GENERATED_SECRET = re.compile(r"(?<![A-Za-z0-9])(?:[A-Za-z0-9]{64}|[A-Za-z0-9]{32})(?![A-Za-z0-9])")
+
+
+def secrets_of(path: Path) -> set[str]:
+    """Every generated secret in the project's secret files, and the stray files' secret lines."""
+    files = [path / ".env", *path.glob(".envs/*/.*"), *path.glob("k8s/overlays/*/secrets.env")]
+    found = {secret for file in files for secret in GENERATED_SECRET.findall(file.read_text())}
+    found |= {re.search(r"Stray\w+", text).group(0) for text in STRAY_FILES.values()}
+    return found
+
+
+def image_bytes(image: str) -> Iterator[tuple[str, bytes]]:
+    """Each layer of a local image, uncompressed, as ``docker save`` writes it: every file's bytes are in it."""
+    saved = subprocess.run(["docker", "save", image], capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(saved)) as archive:
+        for member in archive:
+            if not member.isfile():
+                continue
+            data = archive.extractfile(member).read()
+            if data[:2] == b"\x1f\x8b":  # a gzip-compressed layer
+                data = gzip.decompress(data)
+            yield member.name, data
+
+
 @pytest.fixture(scope="module")
 def production_stack(docker_ready, tmp_path_factory):
-    stack = make_stack(tmp_path_factory, FILES)
+    # With the Kubernetes manifests: their overlay's secrets.env sits in the build context's directory.
+    stack = make_stack(tmp_path_factory, FILES, kubernetes="yes")
     awkward_database_password(stack)
+    allow_sandbox_payments(stack)
+    for name, text in STRAY_FILES.items():
+        (stack.path / name).parent.mkdir(parents=True, exist_ok=True)
+        (stack.path / name).write_text(text)
     commands = readme_commands(stack)
     assert commands == ["docker compose -f docker-compose.production.yml up --build --wait"], commands
     with stack.started(seed_transactions=1000):  # up --build: the README's command, with --detach and a timeout
@@ -113,7 +166,14 @@ def test_check_deploy_raises_only_the_sandbox_warning(stack):
     result = stack.compose("exec", "-T", "django", "python", "manage.py", "check", "--deploy", check=False)
     assert result.returncode == 0, result.stderr
     issues = re.findall(r"\(([\w.]+\.[EW]\d{3})\)", result.stdout + result.stderr)
-    assert issues == ["payments.W001"], result.stdout + result.stderr
+    assert issues == ["payments.W001"], result.stdout + result.stderr  # the sandbox, allowed by the fixture
+
+    # As shipped: no Stripe key, the sandbox not allowed. No payments at all, and the check fails.
+    command = ["exec", "-T", "-e", "PAYMENTS_ALLOW_SANDBOX=false", "django", "python", "manage.py", "check", "--deploy"]
+    result = stack.compose(*command, check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    issues = re.findall(r"\(([\w.]+\.[EW]\d{3})\)", result.stdout + result.stderr)
+    assert issues == ["payments.E001"], result.stdout + result.stderr
 
 
 def test_no_container_runs_as_root(stack):
@@ -125,6 +185,23 @@ def test_no_container_runs_as_root(stack):
         if stack.service_of(container) in DJANGO_SERVICES:
             # The Dockerfile's fixed uid: the Kubernetes manifests' runAsUser (config/kubernetes.py).
             assert {uid for uid, _ in processes} == {10001}, (stack.service_of(container), processes)
+
+
+def test_the_image_holds_no_secret_of_the_project(stack):
+    """The production image is built from the project directory, where the secrets live
+    (.env, .envs/, k8s/overlays/*/secrets.env) and where users leave other things (a
+    dump, another overlay's secrets). .dockerignore lets in only what the image needs,
+    so none of it is in any layer of the image, generated or not."""
+    secrets = secrets_of(stack.path)
+    assert len(secrets) >= 7 + len(STRAY_FILES), secrets  # the bake's own (7 with Redis), and each stray file's
+    image = f"{stack.name}_django"
+    layers = dict(image_bytes(image))
+    leaks = {
+        (layer, secret[:6] + "...") for layer, data in layers.items() for secret in secrets if secret.encode() in data
+    }
+    assert not leaks, f"secrets in the image {image}: {sorted(leaks)}"
+    # The scan finds what is there: the project's own code is in a layer.
+    assert any((stack.path / "manage.py").read_bytes() in data for data in layers.values())
 
 
 def test_only_the_web_port_is_published_and_only_on_localhost(stack):

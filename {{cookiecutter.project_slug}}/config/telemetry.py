@@ -22,6 +22,10 @@ request ended: ``trace_context()`` saves the request's trace in the outbox row, 
 Standard ``OTEL_*`` variables tune the rest: ``OTEL_EXPORTER_OTLP_HEADERS`` (an API
 key), ``OTEL_RESOURCE_ATTRIBUTES`` (``deployment.environment=production``),
 ``OTEL_TRACES_SAMPLER`` (``parentbased_traceidratio``), ``OTEL_BSP_*`` (batching).
+
+What a span carries out of the process is an allow-list (``PrivateSpanExporter``,
+the rule of config/privacy.py): the instrumentations record full URLs, with reset
+tokens in the path and email addresses in the query, and exception messages.
 """
 
 import os
@@ -34,10 +38,12 @@ from opentelemetry.instrumentation.celery import CeleryInstrumentor
 from opentelemetry.instrumentation.django import DjangoInstrumentor
 from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import Status
 
 from config import topology
+from config.privacy import allowed, redact, redact_url
 
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 
@@ -56,7 +62,7 @@ def setup(service_name: str) -> bool:
     _provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service_name}))
     # Spans are queued and sent in batches by a background thread, never in the
     # request or the task. The exporter reads the endpoint and headers from OTEL_*.
-    _provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    _provider.add_span_processor(BatchSpanProcessor(PrivateSpanExporter(OTLPSpanExporter())))
     trace.set_tracer_provider(_provider)
 
     DjangoInstrumentor().instrument()  # a span per request (a middleware added to MIDDLEWARE)
@@ -64,6 +70,95 @@ def setup(service_name: str) -> bool:
     PsycopgInstrumentor().instrument()  # a span per SQL query (statements, never parameters)
     return True
     # --8<-- [end:setup]
+
+
+# --8<-- [start:private-spans]
+# Span attributes exported as they are: written by the code or the protocol, not by a user.
+PLAIN_ATTRIBUTES = {
+    "http.method",
+    "http.request.method",
+    "http.route",
+    "http.scheme",
+    "url.scheme",
+    "http.flavor",
+    "network.protocol.version",
+    "http.status_code",
+    "http.response.status_code",
+    "net.host.name",
+    "server.address",
+    "celery.action",
+    "celery.task_name",
+    "celery.state",
+    "messaging.system",
+    "messaging.destination",
+    "messaging.destination.name",
+    "messaging.destination_kind",
+    "messaging.message.id",
+    "messaging.operation",
+    "messaging.conversation_id",
+    "db.system",
+    "db.name",
+    "db.statement",  # SQL with its placeholders: psycopg's instrumentation never records parameters
+    "exception.type",
+    "exception.stacktrace",
+    "exception.escaped",
+}
+# Attributes that hold a URL or a path: exported without the query, the path redacted.
+URL_ATTRIBUTES = {"http.url", "url.full", "http.target", "url.path"}
+
+
+def private_attributes(attributes) -> dict:
+    """The attributes that may leave: plain ones, URLs redacted, free text redacted, and numbers."""
+    kept = {}
+    for name, value in (attributes or {}).items():
+        if name in PLAIN_ATTRIBUTES:
+            kept[name] = value
+        elif name in URL_ATTRIBUTES and isinstance(value, str):
+            kept[name] = redact_url(value)
+        elif name == "exception.message" and isinstance(value, str):
+            kept[name] = redact(value)
+        elif isinstance(value, int | float | bool) and allowed(value):
+            kept[name] = value
+    return kept
+
+
+class PrivateSpanExporter(SpanExporter):
+    """Hands the exporter (OTLP) a copy of each span with only ``private_attributes()``.
+
+    At the exit, not in each instrumentation's hooks: a new instrumentation, or a
+    new attribute of an old one, is left out until it is allowed here.
+    """
+
+    def __init__(self, exporter: SpanExporter):
+        self.exporter = exporter
+
+    def export(self, spans) -> SpanExportResult:
+        return self.exporter.export([self.private(span) for span in spans])
+
+    @staticmethod
+    def private(span: ReadableSpan) -> ReadableSpan:
+        return ReadableSpan(
+            name=redact(span.name),
+            context=span.context,
+            parent=span.parent,
+            resource=span.resource,
+            attributes=private_attributes(span.attributes),
+            events=[Event(event.name, private_attributes(event.attributes), event.timestamp) for event in span.events],
+            links=span.links,
+            kind=span.kind,
+            # An error's description is its exception's message.
+            status=Status(span.status.status_code, redact(span.status.description or "") or None),
+            start_time=span.start_time,
+            end_time=span.end_time,
+            instrumentation_scope=span.instrumentation_scope,
+        )
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.exporter.force_flush(timeout_millis)
+        # --8<-- [end:private-spans]
 
 
 def shutdown() -> None:

@@ -48,8 +48,10 @@ ROUTES: dict[str, str] = {
     # are background work.
     "*.exports.tasks.export_watchdog": "default",
     "*.exports.tasks.cleanup_expired_exports": "low",
+    "*.imports.tasks.cleanup_expired_imports": "low",
     "*.payments.tasks.reconcile_stuck_payments": "default",
     "*.statements.tasks.build_statement_batch": "low",
+    "*.users.tasks.prune_password_resets": "low",
     # Transactional work a user is waiting for: emails, payments.
     "*.users.tasks.*": "high",
     "*.payments.tasks.*": "high",
@@ -64,6 +66,7 @@ ROUTES: dict[str, str] = {
     # Housekeeping.
     "*.core.tasks.clear_expired_sessions": "low",
     "*.core.tasks.*": "default",
+    "*.outbox.tasks.*": "low",
     # Celery's own tasks (result cleanup, chord synchronisation).
     "celery.*": "default",
 }

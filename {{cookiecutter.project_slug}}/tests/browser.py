@@ -36,6 +36,16 @@ def browser_context(monkeypatch, **options):
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
         )
         try:
-            yield browser.new_context(**options)
+            context = browser.new_context(**options)
+            # What the Content-Security-Policy blocks (an inline script without the
+            # page's nonce, a style, a frame) is a console error: a page that needs it
+            # is broken for every user, so the test fails.
+            blocked = []
+            context.on(
+                "console",
+                lambda message: blocked.append(message.text) if "Content Security Policy" in message.text else None,
+            )
+            yield context
+            assert not blocked, f"blocked by the Content-Security-Policy: {blocked}"
         finally:
             browser.close()

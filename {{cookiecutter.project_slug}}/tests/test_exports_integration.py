@@ -1,13 +1,17 @@
 """Exports survive their worker: SIGKILL, SIGTERM, and a second runner, on real pools.
 
 Each interrupted export must end byte-identical to a clean export of the same
-rows, having resumed from its checkpoint rather than starting over.
+rows, having resumed from its checkpoint rather than starting over. And an
+export an operator revokes stays stopped.
 """
 
 import signal
+import time
 
 import pytest
+from django.conf import settings
 
+from {{ cookiecutter.project_slug }}.core.models import FailedTask
 from {{ cookiecutter.project_slug }}.exports.csv_export import ExportRunner
 from {{ cookiecutter.project_slug }}.exports.models import ExportJob
 from {{ cookiecutter.project_slug }}.exports.tasks import export_watchdog, generate_csv_export
@@ -110,3 +114,44 @@ def test_two_runners_racing_for_one_job_only_one_writes(live_celery, demo):
     assert len(runners(job)) == 1
     with job.file.open("rb") as handle:
         assert handle.read() == clean_export(demo)
+
+
+def files_left(pools, job) -> list[str]:
+    directory = pools.media_root / "exports" / str(job.pk)
+    return sorted(path.name for path in directory.iterdir()) if directory.exists() else []
+
+
+def ended(job, status) -> ExportJob | None:
+    job.refresh_from_db()
+    return job if job.status == status else None
+
+
+# --8<-- [start:revoke]
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
+def test_a_revoked_export_is_cancelled_and_never_resumed(live_celery, demo, signal_name):
+    job = ExportJob.objects.create(user=demo)
+    running = generate_csv_export.delay(job.pk)
+    queued_job = ExportJob.objects.create(user=demo)
+    queued = generate_csv_export.delay(queued_job.pk)  # behind it: the export pool runs one task at a time
+    wait_for(lambda: progress(job) >= 0.2, message="20% of the export")
+
+    # What an operator does: Flower's Revoke and Terminate buttons, `celery control
+    # revoke [--terminate --signal ...]`. Terminate sends SIGTERM unless told otherwise.
+    control = generate_csv_export.app.control
+    control.revoke(queued.id)
+    control.revoke(running.id, terminate=True, signal=signal_name)
+
+    job = wait_for(lambda: ended(job, ExportJob.Status.CANCELLED), 30, "the revoked export to be cancelled")
+    # The queued one, dropped by the pool when its turn came, is cancelled too.
+    wait_for(lambda: ended(queued_job, ExportJob.Status.CANCELLED), 30, "the revoked queued export")
+    written = progress(job)
+    time.sleep(settings.EXPORT_LEASE_SECONDS + 1)  # a SIGKILLed runner's lease expires
+
+    # Nothing sends either again; the watchdog frees a killed runner's lease and files.
+    assert export_watchdog.delay().get(timeout=60) == []
+    job.refresh_from_db()
+    assert (job.status, progress(job), job.lease_owner) == (ExportJob.Status.CANCELLED, written, "")
+    assert written < 1  # stopped, not run to the end
+    assert files_left(live_celery, job) == []
+    assert not FailedTask.objects.exists()  # an operator's decision, not a failure
+    # --8<-- [end:revoke]

@@ -40,6 +40,7 @@ def test_an_uploaded_csv_is_imported_by_a_worker(live_celery, client):
 
     assert (done.status, done.rows) == (TransactionImport.Status.COMPLETED, ROWS)
     assert Transaction.objects.filter(user=user).count() == ROWS
+    assert not (live_celery.media_root / pending.file.name).exists()  # imported: the upload is deleted
     # The pool the topology gives long work (config/topology.py), not default's.
     assert f"task={process_transaction_import.name} id=" in live_celery.log("worker-export")
     page = client.get("/imports/").content.decode()

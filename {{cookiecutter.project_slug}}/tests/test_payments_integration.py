@@ -222,11 +222,12 @@ def test_sigterm_lets_a_running_payment_finish(live_celery, user, sandbox):
     assert SandboxCharge.objects.count() == 1
 
 
-def test_a_refused_request_fails_for_good_with_one_dead_letter_and_is_never_resent(live_celery, user):
-    order = Order.objects.create(user=user, amount_cents=4321, payment_method="pm_card_bogus")
+def test_a_refused_request_fails_for_good_with_one_dead_letter_and_is_never_resent(live_celery, user, sandbox):
+    order = Order.objects.create(user=user, amount_cents=4321, payment_method="pm_card_visa")
+    sandbox.plan(order.idempotency_key, "reject")  # as for a bug of ours: an invalid request
 
     result = process_payment.delay(order.pk)
-    with pytest.raises(Exception, match="No such PaymentMethod"):
+    with pytest.raises(Exception, match="400 invalid request"):
         result.get(timeout=TIMEOUT)
 
     wait_for(FailedTask.objects.exists, message="the FailedTask row")

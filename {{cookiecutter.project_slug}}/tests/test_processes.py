@@ -67,7 +67,11 @@ def test_compose_workers_beat_and_flower_run_the_procfile_commands(filename):
 
 
 def test_local_compose_web_matches_procfile():
-    assert command(compose("docker-compose.yml")["django"]) == procfile()["web"]
+    """The same server, bound where each runs it: the Procfile's on 127.0.0.1 (WEB_ADDRESS
+    opens it), the container's on all of its interfaces, published on 127.0.0.1 only."""
+    web = procfile()["web"]
+    assert "${WEB_ADDRESS:-127.0.0.1}:" in web
+    assert command(compose("docker-compose.yml")["django"]) == web.replace("${WEB_ADDRESS:-127.0.0.1}:", "0.0.0.0:")
 
 
 @pytest.mark.parametrize("filename", COMPOSE_FILES)

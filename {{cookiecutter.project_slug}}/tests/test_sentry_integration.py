@@ -5,13 +5,11 @@ envelope it receives, as Sentry would. The pools are restarted with that DSN, an
 put back without one afterwards.
 """
 
-import gzip
 import json
 import signal
-import threading
 import time
+import uuid
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.conf import settings
@@ -24,68 +22,10 @@ from config.celery_app import app as celery_app
 from .conftest import start_process, stop_processes, wait_for
 
 pytestmark = pytest.mark.integration
+pytest_plugins = ["tests.sentry_ingest"]  # the ingest fixture
 
 SENTRY_POOLS = ("worker-high", "worker-default")
 SECRETS = {"card_token": "tok_4242SECRET", "password": "hunter2-SECRET", "customer_email": "ada.secret@example.org"}
-
-
-class Ingest(ThreadingHTTPServer):
-    """Sentry's envelope endpoint, in-process: every item it receives, as (type, payload)."""
-
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), IngestHandler)
-        self.items: list[tuple[str, dict]] = []
-        self.raw: list[bytes] = []  # every body as it arrived, for "no secret anywhere"
-
-    @property
-    def dsn(self) -> str:
-        return f"http://public@127.0.0.1:{self.server_port}/1"
-
-    def events(self) -> list[dict]:
-        return [payload for kind, payload in self.items if kind == "event"]
-
-    def check_ins(self, slug: str) -> list[dict]:
-        return [payload for kind, payload in self.items if kind == "check_in" and payload["monitor_slug"] == slug]
-
-
-class IngestHandler(BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        if self.headers.get("Content-Encoding") == "gzip":
-            body = gzip.decompress(body)
-        self.server.raw.append(body)
-        self.server.items.extend(parse_envelope(body))
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    def log_message(self, format, *args):
-        pass  # quiet: pytest shows the assertions
-
-
-def parse_envelope(body: bytes) -> list[tuple[str, dict]]:
-    """Sentry's envelope format: a header line, then per item a header line and its payload."""
-    _header, _, rest = body.partition(b"\n")
-    items = []
-    while rest.strip():
-        item_header, _, rest = rest.partition(b"\n")
-        item = json.loads(item_header)
-        if "length" in item:
-            payload, rest = rest[: item["length"]], rest[item["length"] + 1 :]
-        else:
-            payload, _, rest = rest.partition(b"\n")
-        items.append((item["type"], json.loads(payload) if payload.startswith(b"{") else {}))
-    return items
-
-
-@pytest.fixture
-def ingest():
-    server = Ingest()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.fixture
@@ -93,7 +33,12 @@ def sentry_pools(live_celery, ingest):
     """worker-high and worker-default reporting to ``ingest``; restarted without a DSN afterwards."""
     for name in SENTRY_POOLS:
         live_celery.kill(name, signal.SIGTERM)
-        live_celery.restart(name, SENTRY_DSN=ingest.dsn, CELERY_TEST_TASK_MODULES="tests.sentry_tasks")
+        live_celery.restart(
+            name,
+            SENTRY_DSN=ingest.dsn,
+            SENTRY_TRACES_SAMPLE_RATE="1.0",  # every task's transaction is sent too
+            CELERY_TEST_TASK_MODULES="tests.sentry_tasks",
+        )
     yield live_celery
     for name in SENTRY_POOLS:
         live_celery.kill(name, signal.SIGTERM)
@@ -101,10 +46,13 @@ def sentry_pools(live_celery, ingest):
 
 
 # --8<-- [start:task-event]
-def test_a_failing_task_reaches_sentry_tagged_with_its_queue_and_without_its_secrets(sentry_pools, ingest):
-    result = celery_app.send_task(
-        "tests.sentry_tasks.charge_card", kwargs={"order_ref": "A-17", **SECRETS}, queue="high"
-    )
+@pytest.mark.parametrize("call", ["keyword", "positional"])
+def test_a_failing_task_reaches_sentry_tagged_with_its_queue_and_without_its_secrets(sentry_pools, ingest, call):
+    arguments = {"order_id": 17, "order_ref": "A-17", **SECRETS}
+    if call == "keyword":
+        result = celery_app.send_task("tests.sentry_tasks.charge_card", kwargs=arguments, queue="high")
+    else:
+        result = celery_app.send_task("tests.sentry_tasks.charge_card", args=list(arguments.values()), queue="high")
 
     def reported():
         return [event for event in ingest.events() if event.get("tags", {}).get("celery_task_id") == result.id]
@@ -112,16 +60,16 @@ def test_a_failing_task_reaches_sentry_tagged_with_its_queue_and_without_its_sec
     event = wait_for(reported, 60, "the task's error event at the ingest endpoint")[0]
     [exception] = event["exception"]["values"]
     assert exception["type"] == "CardRejected"
-    assert exception["value"] == "the provider rejected the card of order A-17"
+    # The message the code wrote, the email address in it replaced.
+    assert exception["value"] == "the provider rejected the card of order A-17 for [email]"
     assert event["tags"]["celery_task"] == "tests.sentry_tasks.charge_card"
     assert event["tags"]["celery_queue"] == "high"
     assert event["environment"] == "test"
-    # The task's own frame is there, its parameters by name, the secrets replaced.
+    # The task's own frame is there, with the one local variable that is a number.
     frame = exception["stacktrace"]["frames"][-1]
     assert frame["function"] == "charge_card"
-    assert frame["vars"]["order_ref"] == "'A-17'"
-    assert {frame["vars"][name] for name in SECRETS} == {"[Filtered]"}
-    # Nothing of them anywhere in what was sent: kwargs, frames, breadcrumbs, extras.
+    assert frame["vars"] == {"order_id": "17"}  # sentry-sdk sends variables as their reprs
+    # Nothing of them anywhere in what was sent: arguments, frames, breadcrumbs, extras.
     sent = b"".join(ingest.raw).decode()
     assert not [secret for secret in SECRETS.values() if secret in sent]
     # One event per failure: the run log's ERROR line (written after the result, and
@@ -130,6 +78,55 @@ def test_a_failing_task_reaches_sentry_tagged_with_its_queue_and_without_its_sec
     time.sleep(2)
     assert len(reported()) == 1
     # --8<-- [end:task-event]
+
+
+def test_a_retried_task_sends_no_secret_in_its_retry_failure_or_transactions(sentry_pools, ingest):
+    secrets = [SECRETS["card_token"], SECRETS["customer_email"]]
+    result = celery_app.send_task("tests.sentry_tasks.refund_card_later", args=[17, *secrets], queue="high")
+
+    def reported():
+        return [event for event in ingest.events() if event.get("tags", {}).get("celery_task_id") == result.id]
+
+    event = wait_for(reported, 60, "the error event after the retry")[0]
+    assert event["exception"]["values"][-1]["value"] == "the refund of order 17 to [email] failed"
+
+    def transactions():
+        runs = [p for kind, p in ingest.items if kind == "transaction" and "refund_card_later" in str(p)]
+        return len(runs) >= 2 and runs  # the first run and the retry
+
+    wait_for(transactions, 30, "the transactions of both runs")
+    sent = b"".join(ingest.raw).decode()
+    assert not [secret for secret in secrets if secret in sent]
+
+
+def test_a_poison_message_reaches_sentry_without_its_body(sentry_pools, ingest):
+    """Celery's consumer logs an unknown task's body at ERROR, and the project's poison
+    handling logs what it records: the events carry the log templates, not the body."""
+    task_id = str(uuid.uuid4())
+    body = json.dumps([[17, *SECRETS.values()], {"note": SECRETS["customer_email"]}, {}]).encode()
+    headers = {"lang": "py", "task": "tests.sentry_tasks.refund_card", "id": task_id, "root_id": task_id}
+    queue = celery_app.amqp.queues["high"]
+    with celery_app.connection_for_write() as connection:
+        connection.Producer().publish(
+            body,
+            exchange=queue.exchange,
+            routing_key=queue.routing_key,
+            declare=[queue],
+            headers=headers,
+            content_type="application/json",
+            content_encoding="utf-8",
+        )
+
+    def logged(template: str):
+        return lambda: [e for e in ingest.events() if e.get("logentry", {}).get("message", "").startswith(template)]
+
+    # Celery's line, with the task's name in its exception, and the project's line.
+    event = wait_for(logged("Received unregistered task of type"), 60, "Celery's error event")[0]
+    assert "tests.sentry_tasks.refund_card" in json.dumps(event["exception"])
+    event = wait_for(logged("poison message on queue"), 60, "the poison message's error event")[0]
+    assert event["logentry"]["params"][-1] > 0  # the PoisonMessage's id, for the operator
+    sent = b"".join(ingest.raw).decode()
+    assert not [secret for secret in SECRETS.values() if secret in sent]
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import environ
 from celery.schedules import crontab
+from csp.constants import NONCE, NONE, SELF
 from kombu import Exchange, Queue
 
 from config import {% if cookiecutter.broker == "rabbitmq" %}amqp_frames, {% endif %}{% if cookiecutter.sentry == "yes" %}sentry, {% endif %}topology
@@ -22,6 +23,9 @@ if (BASE_DIR / ".env").is_file():
 # GENERAL
 # ------------------------------------------------------------------------------
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
+# DEBUG error pages show settings and request.META with what config/privacy.py allows:
+# runserver puts the whole environment (DATABASE_URL ...) into META.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "config.privacy.ErrorPageFilter"
 TIME_ZONE = {{ cookiecutter.timezone | py }}
 LANGUAGE_CODE = "en-us"
 USE_I18N = True
@@ -112,7 +116,30 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # The Content-Security-Policy header below, with the response's nonce.
+    "csp.middleware.CSPMiddleware",
 ]
+# --8<-- [start:csp]
+# What a page may load and run: its own scripts, styles and images, and Stripe.js on
+# the checkout (https://docs.stripe.com/security/guide#content-security-policy).
+# Inline <script> blocks carry the response's nonce (their nonce attribute is
+# request.csp_nonce): an injected script has none and does not run. No inline styles.
+# https://django-csp.readthedocs.io/en/latest/configuration.html
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF, NONCE, "https://js.stripe.com"],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],  # Pico CSS draws its icons as data: SVGs
+        "connect-src": [SELF, "https://api.stripe.com"],
+        "frame-src": ["https://js.stripe.com", "https://hooks.stripe.com"],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
+}
+# --8<-- [end:csp]
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
@@ -166,7 +193,8 @@ EMAIL_TIMEOUT = 10
 # PAYMENTS
 # ------------------------------------------------------------------------------
 # With a Stripe secret key, payments go to Stripe; without one, to the sandbox
-# provider (payments/providers.py), which behaves like a real one.
+# provider (payments/providers.py), which behaves like a real one, where it is
+# allowed (PAYMENTS_ALLOW_SANDBOX below).
 STRIPE_SECRET_KEY = env("STRIPE_SECRET_KEY", default="")
 # The checkout page's Stripe.js Payment Element creates the PaymentMethod with it.
 STRIPE_PUBLISHABLE_KEY = env("STRIPE_PUBLISHABLE_KEY", default="")
@@ -175,8 +203,16 @@ STRIPE_PUBLISHABLE_KEY = env("STRIPE_PUBLISHABLE_KEY", default="")
 STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET", default="")
 # Another address for Stripe's API (stripe-mock, a test double); empty: api.stripe.com.
 STRIPE_API_BASE = env("STRIPE_API_BASE", default="")
-# check --deploy warns when a production site would charge the sandbox.
-PAYMENTS_ALLOW_SANDBOX = env.bool("PAYMENTS_ALLOW_SANDBOX", default=False)
+# May the sandbox take payments when STRIPE_SECRET_KEY is not set (test cards, orders
+# marked paid, no money taken)? Here, in development and tests, yes; production.py
+# says no unless set to true. Not allowed and no key: the site takes no orders.
+PAYMENTS_ALLOW_SANDBOX = env.bool("PAYMENTS_ALLOW_SANDBOX", default=True)
+# Names this site in the metadata of every payment it creates. One Stripe account
+# may serve several sites (another shop, staging, each developer's `stripe listen`)
+# whose order ids overlap ours: only a payment naming this site and the order, for
+# its amount and currency, settles an order (docs/idempotent-payments.md). Give each
+# site on a shared account its own; do not change it while payments are in flight.
+PAYMENTS_SITE_ID = env("PAYMENTS_SITE_ID", default="") or DOMAIN_NAME
 # Seconds we wait for the provider: well inside worker-high's 25 s soft limit.
 PAYMENT_PROVIDER_TIMEOUT = 10
 # Orders PROCESSING (or waiting for authentication, or PENDING with no message
@@ -224,6 +260,12 @@ IMPORT_MAX_BYTES = env.int("IMPORT_MAX_BYTES", default=10_000_000)
 IMPORT_BATCH_SIZE = env.int("IMPORT_BATCH_SIZE", default=1000)
 # Pause after each batch, to leave a busy primary database some headroom (0: full speed).
 IMPORT_THROTTLE_SECONDS = env.float("IMPORT_THROTTLE_SECONDS", default=0.0)
+# Imports one user may have waiting or running at once. Each is up to half a minute
+# on the export pool (one process) and a file in storage until it has run: without
+# a limit one user (or a script) fills both. More are refused with a message.
+IMPORT_MAX_PENDING_PER_USER = env.int("IMPORT_MAX_PENDING_PER_USER", default=2)
+# Imports (their rows on the imports page, and any file left) are deleted after this many days.
+IMPORT_RETENTION_DAYS = env.int("IMPORT_RETENTION_DAYS", default=7)
 
 # ------------------------------------------------------------------------------
 # STATEMENTS
@@ -245,6 +287,32 @@ OUTBOX_BROKER_DOWN_BACKOFF = env.float("OUTBOX_BROKER_DOWN_BACKOFF", default=5.0
 # The relay's pass: every this many seconds, this many rows per transaction.
 OUTBOX_RELAY_INTERVAL = env.float("OUTBOX_RELAY_INTERVAL", default=1.0)
 OUTBOX_RELAY_BATCH_SIZE = env.int("OUTBOX_RELAY_BATCH_SIZE", default=100)
+# Sent messages are deleted this many days after they were sent (outbox-cleanup, nightly).
+OUTBOX_RETENTION_DAYS = env.int("OUTBOX_RETENTION_DAYS", default=7)
+
+# ------------------------------------------------------------------------------
+# LOGIN AND PASSWORD RESET LIMITS
+# ------------------------------------------------------------------------------
+# users/throttle.py; docs/site.md (login), docs/dispatch-after-commit.md (reset). In Redis,
+# shared by every web process. How the client's address is found: how many reverse
+# proxies in front of Django append it to X-Forwarded-For. 0: REMOTE_ADDR is the
+# client (no proxy). Behind a proxy it must be their number (production.py: 1), or
+# every client has the proxy's address; above it, clients choose their own address.
+TRUSTED_PROXY_COUNT = env.int("DJANGO_TRUSTED_PROXY_COUNT", default=0)
+# Login attempts (the site's and the admin's) per account and per client address in
+# a window that opens with the first attempt. Past either limit a login is refused,
+# the right password too, until the window closes. A success clears its account's count.
+LOGIN_FAILURES_PER_ACCOUNT = env.int("LOGIN_FAILURES_PER_ACCOUNT", default=5)
+LOGIN_FAILURES_PER_CLIENT = env.int("LOGIN_FAILURES_PER_CLIENT", default=20)
+LOGIN_THROTTLE_SECONDS = env.int("LOGIN_THROTTLE_SECONDS", default=15 * 60)
+# Password-reset emails per address asked for, and requests per client address, in
+# a window; more are dropped silently (the page says the same for every request).
+PASSWORD_RESETS_PER_ADDRESS = env.int("PASSWORD_RESETS_PER_ADDRESS", default=3)
+PASSWORD_RESETS_PER_CLIENT = env.int("PASSWORD_RESETS_PER_CLIENT", default=10)
+PASSWORD_RESET_THROTTLE_SECONDS = env.int("PASSWORD_RESET_THROTTLE_SECONDS", default=60 * 60)
+# Reset requests (each holds an address someone typed) are deleted after this many
+# days (password-reset-cleanup, nightly).
+PASSWORD_RESET_RETENTION_DAYS = env.int("PASSWORD_RESET_RETENTION_DAYS", default=7)
 
 # ------------------------------------------------------------------------------
 # MONITORING
@@ -426,6 +494,10 @@ POISON_MESSAGE_REQUEUE_DELAY = 10
 # capped at 120 and randomised. The cap must stay below the visibility timeout.
 # default_retry_delay also spaces the retry of a task whose process was killed.
 TASK_RETRY_POLICY = {"max_retries": 5, "retry_backoff": 2, "retry_backoff_max": 120, "default_retry_delay": 10}
+# Bytes of a dead letter's arguments (FailedTask) kept whole; above it the largest
+# are cut, and the record says so and cannot be replayed. Also the characters kept
+# of its exception message and traceback.
+FAILED_TASK_ARGUMENTS_LIMIT = 64 * 1024
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#beat-scheduler
 # Schedules are declared in code and editable in the admin (django-celery-beat).
 # Our subclass adds the heartbeat file read by the compose healthcheck, and records
@@ -464,10 +536,27 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": crontab(hour=3, minute=30),
         "options": {"queue": "low", "expire_seconds": 3600},
     },
+    # Old imports, and any uploaded file an import left behind (imports/tasks.py).
+    "expired-import-cleanup": {
+        "task": "{{ cookiecutter.project_slug }}.imports.tasks.cleanup_expired_imports",
+        "schedule": crontab(hour=4, minute=15),
+        "options": {"queue": "low", "expire_seconds": 3600},
+    },
     # Django's clearsessions, as a task: expired sessions are deleted nightly.
     "expired-session-cleanup": {
         "task": "{{ cookiecutter.project_slug }}.core.tasks.clear_expired_sessions",
         "schedule": crontab(hour=3, minute=15),
+        "options": {"queue": "low", "expire_seconds": 3600},
+    },
+    # Rows nobody prunes otherwise: reset requests, sent outbox messages.
+    "password-reset-cleanup": {
+        "task": "{{ cookiecutter.project_slug }}.users.tasks.prune_password_resets",
+        "schedule": crontab(hour=3, minute=45),
+        "options": {"queue": "low", "expire_seconds": 3600},
+    },
+    "outbox-cleanup": {
+        "task": "{{ cookiecutter.project_slug }}.outbox.tasks.prune_sent_messages",
+        "schedule": crontab(hour=4, minute=0),
         "options": {"queue": "low", "expire_seconds": 3600},
     },
 }

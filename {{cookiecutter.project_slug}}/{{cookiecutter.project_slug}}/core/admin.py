@@ -5,17 +5,24 @@ from .models import FailedTask, PoisonMessage
 
 @admin.register(FailedTask)
 class FailedTaskAdmin(admin.ModelAdmin):
-    list_display = ("task_name", "failed_at", "queue", "exception_type", "retries", "replayed_at")
-    list_filter = ("task_name", "queue", "exception_type")
+    list_display = ("task_name", "failed_at", "queue", "exception_type", "retries", "failure", "replayed_at")
+    list_filter = ("task_name", "queue", "exception_type", "arguments_truncated")
     search_fields = ("task_id", "task_name", "exception_message")
     readonly_fields = [field.name for field in FailedTask._meta.fields]
     actions = ["replay"]
 
     @admin.action(description="Replay the selected tasks")
     def replay(self, request, queryset):
+        replayed = 0
         for failed in queryset:
-            failed.replay()
-        self.message_user(request, f"Replayed {queryset.count()} task(s).", messages.SUCCESS)
+            try:
+                failed.replay()
+            except ValueError as error:
+                self.message_user(request, f"{failed.pk} not replayed: {error}", messages.ERROR)
+            else:
+                replayed += 1
+        if replayed:
+            self.message_user(request, f"Replayed {replayed} task(s).", messages.SUCCESS)
 
     def has_add_permission(self, request):
         return False

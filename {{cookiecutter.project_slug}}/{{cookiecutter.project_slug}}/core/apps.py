@@ -6,5 +6,5 @@ class CoreConfig(AppConfig):
     label = "core"
 
     def ready(self):
-        # Registers the queue-topology checks with ``manage.py check``.
-        from . import checks  # noqa: F401
+        # Registers the queue-topology and security checks with ``manage.py check``.
+        from . import checks, security_checks  # noqa: F401

@@ -25,12 +25,12 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from celery.exceptions import NotRegistered
 from celery.worker.consumer import Consumer
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, close_old_connections
+from django.db import close_old_connections, connections
 from django.db.models import F
 from django.utils import timezone
 from kombu.exceptions import ContentDisallowed
 
-from .task_base import queue_of
+from .task_base import database_unavailable, queue_of
 
 logger = logging.getLogger(__name__)
 
@@ -112,9 +112,18 @@ def record(message, reason: str, exc: BaseException | None, hostname: str = ""):
     # Django reconnects per request or task; this thread has neither, so drop a
     # connection that broke since the last poison message before using it.
     close_old_connections()
-    poison, created = PoisonMessage.objects.get_or_create(fingerprint=fields.pop("fingerprint"), defaults=fields)
-    if not created:  # the same message again: redelivered, or sent twice
-        PoisonMessage.objects.filter(pk=poison.pk).update(deliveries=F("deliveries") + 1, last_seen_at=timezone.now())
+    try:
+        poison, created = PoisonMessage.objects.get_or_create(fingerprint=fields.pop("fingerprint"), defaults=fields)
+        if not created:  # the same message again: redelivered, or sent twice
+            PoisonMessage.objects.filter(pk=poison.pk).update(
+                deliveries=F("deliveries") + 1, last_seen_at=timezone.now()
+            )
+    except Exception as error:
+        if database_unavailable(error):
+            # A new connection for the next attempt: the health check above keeps
+            # one to a server that became read-only, and it stays read-only.
+            connections.close_all()
+        raise
     return poison
 
 
@@ -169,14 +178,17 @@ class DeadLetterConsumer(Consumer):
         """Record the message; True once it is safe to let it go."""
         try:
             poison = _record_in_writer(message, reason, exc, self.hostname)
-        except (OperationalError, InterfaceError, FutureTimeout):
-            # The database is down or hangs. Dropping the message now would lose
-            # it: the log line is all that would be left. Keep it on the broker
-            # instead and try again later: requeued after a pause (not at once,
-            # which would spin on it for as long as the outage lasts). Until
-            # then it holds one prefetch slot of this worker, and the tasks it
-            # would let in need the same database anyway. (RabbitMQ 4 quorum
-            # queues drop a message requeued 20 times: 20 pauses of outage.)
+        except Exception as error:
+            if not (isinstance(error, FutureTimeout) or database_unavailable(error)):
+                return self._drop(message, reason)
+            # The database is down, hangs, or takes no writes (a primary demoted
+            # during a failover). Dropping the message now would lose it: the
+            # log line is all that would be left. Keep it on the broker instead
+            # and try again later: requeued after a pause (not at once, which
+            # would spin on it for as long as the outage lasts). Until then it
+            # holds one prefetch slot of this worker, and the tasks it would let
+            # in need the same database anyway. (RabbitMQ 4 quorum queues drop a
+            # message requeued 20 times: 20 pauses of outage.)
             delay = settings.POISON_MESSAGE_REQUEUE_DELAY
             logger.critical(
                 "could not record a poison message (%s), the database is unavailable; back to its queue in %ss:%s",
@@ -187,18 +199,22 @@ class DeadLetterConsumer(Consumer):
             )
             self.timer.call_after(delay, self._requeue, (message,))
             return False
-        except Exception:
-            # Anything else (a bug, a value the database refuses) will fail the
-            # same way on every redelivery: requeueing would loop for ever. Drop
-            # it as Celery would, after a CRITICAL line with the whole message.
-            logger.critical(
-                "could not record a poison message (%s); dropping it:%s",
-                reason,
-                self._message_report(message.body, message),
-                exc_info=True,
-            )
-            return True
         logger.error("poison message on queue %r (%s) recorded as PoisonMessage %s", poison.queue, reason, poison.pk)
+        return True
+
+    def _drop(self, message, reason) -> bool:
+        """Let the message go after a CRITICAL line with all of it (called while handling the error).
+
+        Anything but an unavailable database (a bug, a value the database
+        refuses) fails the same way on every redelivery: requeueing would loop
+        for ever. So it is dropped, as Celery would.
+        """
+        logger.critical(
+            "could not record a poison message (%s); dropping it:%s",
+            reason,
+            self._message_report(message.body, message),
+            exc_info=True,
+        )
         return True
 
     def _finish(self, handler, message, *args):

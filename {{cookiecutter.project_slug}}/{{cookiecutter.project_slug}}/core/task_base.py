@@ -11,8 +11,9 @@ One place for what every task needs and nobody should re-implement:
 * the dead letter: when a task fails for good (retries exhausted, or an error not
   worth retrying) a ``FailedTask`` row records it for an operator, who can replay
   it from the admin or with ``manage.py failed_tasks replay``;
-* a dropped database connection (failover, PgBouncer restart) is retried on a
-  fresh connection, like any other transient error;
+* a dropped database connection (failover, PgBouncer restart), or a database
+  that takes no writes for a while (a primary demoted to a standby), is retried
+  on a fresh connection, like any other transient error;
 * the hand-back: a task cancelled because the broker connection dropped goes
   back to its queue as soon as the broker answers again (``HandBackRequest``).
 """
@@ -26,16 +27,33 @@ from celery.contrib.django.task import DjangoTask
 from celery.utils.time import get_exponential_backoff_interval
 from celery.worker.request import Request
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, close_old_connections
+from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
 logger = logging.getLogger("tasks")
 
 _POLICY = settings.TASK_RETRY_POLICY
 
-# "The database connection broke", not "this query is wrong": the server closed
-# it (failover, restart, pg_terminate_backend, an idle-connection reaper), or
-# it is unreachable for a moment. Worth a retry for any idempotent task.
-DATABASE_CONNECTION_ERRORS = (OperationalError, InterfaceError)
+# SQLSTATE 25006, read_only_sql_transaction: "cannot execute UPDATE in a read-only
+# transaction". What a primary demoted to a standby answers every write (a failover
+# under way, a connection pooler still pointing at the old primary), and a database
+# an operator set to default_transaction_read_only for maintenance. psycopg raises
+# it as InternalError, like a bug in a transaction, but it passes like an outage.
+READ_ONLY_SQL_TRANSACTION = "25006"
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Is ``exc`` the database being out of reach or read-only for a while, rather than a wrong query?
+
+    "The database connection broke": the server closed it (failover, restart,
+    pg_terminate_backend, an idle-connection reaper), or it is unreachable for a
+    moment; or "the server takes no writes". Worth a retry for any idempotent
+    task, on a new connection: a read-only session stays read-only, and only a
+    new one reaches the new primary.
+    """
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    return isinstance(exc, DatabaseError) and getattr(exc.__cause__, "sqlstate", None) == READ_ONLY_SQL_TRANSACTION
+
 
 # With RabbitMQ's native delayed delivery a countdown (every retry) travels with
 # its delay spelled out in binary in front of the routing key: "0.0.….1.0.high".
@@ -126,25 +144,27 @@ class BaseTask(DjangoTask):
 
     # --8<-- [start:database-retry]
     def __call__(self, *args, **kwargs):
-        """Run the task; retry it, with the usual backoff, when its database connection broke.
+        """Run the task; retry it, with the usual backoff, when the database is unavailable.
 
         Django reconnects at the start of each task (CONN_HEALTH_CHECKS), but a
         connection that dies *during* a task fails every later query of that
-        task, including the dead-letter record. Without this a database blip
-        turns every running task into a failure for an operator.
+        task, including the dead-letter record; and a health check finds nothing
+        wrong with a connection to a server that has become read-only. Without
+        this a database blip or a failover turns every running task into a
+        failure, whose dead letter cannot be written either.
         """
         try:
             return super().__call__(*args, **kwargs)
-        except DATABASE_CONNECTION_ERRORS as exc:
-            if self.request.is_eager:
-                raise  # the caller's connection: not ours to fix
-            # Throw the broken connection away, so that this process reconnects
-            # (for the dead letter, if retries are exhausted, and for its next task).
-            close_old_connections()
+        except (DatabaseError, InterfaceError) as exc:
+            if self.request.is_eager or not database_unavailable(exc):
+                raise  # eager: the caller's connection, not ours to fix
+            # Throw the connection away, so that this process reconnects (for the
+            # dead letter, if retries are exhausted, and for its next task).
+            connections.close_all()
             countdown = get_exponential_backoff_interval(
                 self.retry_backoff, self.request.retries, self.retry_backoff_max, self.retry_jitter
             )
-            logger.warning("task %s[%s]: database connection lost, retrying: %s", self.name, self.request.id, exc)
+            logger.warning("task %s[%s]: database unavailable, retrying: %s", self.name, self.request.id, exc)
             raise self.retry(exc=exc, countdown=countdown) from exc
         # --8<-- [end:database-retry]
 

@@ -35,6 +35,7 @@ vacuumed table instead of ten times slower.
 import io
 import logging
 import os
+import re
 import select
 import time
 import uuid
@@ -59,9 +60,6 @@ logger = logging.getLogger(__name__)
 
 # created_at is in UTC.
 HEADER = ("id", "created_at", "amount", "currency", "description")
-# A cell starting with one of these is a formula to Excel and LibreOffice
-# ("CSV injection"). Text cells that start with one get a leading apostrophe.
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 BLOCK_SIZE = 1 << 20
 
 
@@ -86,8 +84,29 @@ class StopRequested(Exception):
 # ------------------------------------------------------------------------------
 # Formatting: the ORM path must produce the same bytes as Postgres' COPY ... CSV.
 # ------------------------------------------------------------------------------
+# --8<-- [start:neutralise]
+# A cell starting with one of these is a formula to Excel and LibreOffice
+# ("CSV injection"). Text cells that start with one get a leading apostrophe.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+# A spreadsheet may also start a cell *inside* one of ours. This file separates
+# cells with commas and quotes a cell that holds one, but Excel splits on ";"
+# wherever ";" is the list separator (LibreOffice and Google Sheets too, when told
+# or guessing so, and on tabs): such a reader ignores quotes that do not open its
+# cell, and a line break inside ours ends its row. "x;=cmd|' /C calc'!A0" is then
+# two cells, the second a formula. Quoting cannot help (to that reader the quote
+# is mid-cell), nor can an apostrophe in front of our cell. So a formula character
+# after a ";", tab, CR or LF (past any spaces or quotes) gets its own apostrophe:
+# "x;'=cmd|' /C calc'!A0". COPY_SELECT does the same in SQL.
+CELL_BREAKS = (";", "\t", "\r", "\n")
+INNER_FORMULA = re.compile(r'([;\t\r\n][ "]*)([-=+@])')
+
+
 def neutralise(text: str) -> str:
+    """The text with an apostrophe before every formula a spreadsheet could find in it."""
+    if any(mark in text for mark in CELL_BREAKS):
+        text = INNER_FORMULA.sub(r"\1'\2", text)  # never changes the first character
     return f"'{text}" if text.startswith(FORMULA_PREFIXES) else text
+    # --8<-- [end:neutralise]
 
 
 def utc_timestamp(moment) -> str:
@@ -115,12 +134,34 @@ HEADER_LINE = csv_line(HEADER).encode()
 # negative number), so only the text columns are neutralised. Comparing ascii()
 # of the first character is several times cheaper than comparing substrings.
 FORMULA_CODES = ", ".join(str(ord(prefix)) for prefix in FORMULA_PREFIXES)
+# CELL_BREAKS and INNER_FORMULA as SQL literals (E'' strings turn \t, \r, \n into the characters).
+CELL_BREAKS_SQL = ("';'", r"E'\t'", r"E'\r'", r"E'\n'")
+INNER_FORMULA_SQL = r"""E'([;\t\r\n][ "]*)([-=+@])'"""
+INNER_REPLACEMENT_SQL = r"E'\\1''\\2'"  # \1'\2: the break (and gap), an apostrophe, the formula character
+
+
+def neutralised_sql(column: str) -> str:
+    """``neutralise()`` in SQL, for the COPY path: the same bytes.
+
+    Nearly every cell holds no ";", tab or line break, and four strpos() say so
+    cheaply; the regular expression, several times dearer, only runs on a cell
+    that has one.
+    """
+    has_break = " OR ".join(f"strpos({column}, {mark}) > 0" for mark in CELL_BREAKS_SQL)
+    starts_formula = f"ascii({column}) IN ({FORMULA_CODES})"
+    inner = f"regexp_replace({column}, {INNER_FORMULA_SQL}, {INNER_REPLACEMENT_SQL}, 'g')"
+    return (
+        f"CASE WHEN {has_break} THEN CASE WHEN {starts_formula} THEN '''' ELSE '' END || {inner}"
+        f" WHEN {starts_formula} THEN '''' || {column} ELSE {column} END"
+    )
+
+
 COPY_SELECT = (
     "SELECT id,"  # noqa: S608 (only module constants are interpolated)
     " created_at AT TIME ZONE 'UTC',"  # "2026-01-31 23:59:59[.123]": cheap, unlike to_char()
     " amount,"
-    f" CASE WHEN ascii(currency) IN ({FORMULA_CODES}) THEN '''' || currency ELSE currency END,"
-    f" CASE WHEN ascii(description) IN ({FORMULA_CODES}) THEN '''' || description ELSE description END"
+    f" {neutralised_sql('currency')},"
+    f" {neutralised_sql('description')}"
     " FROM {table} WHERE user_id = %s AND id > %s AND id <= %s ORDER BY id"
 )
 # An export of a date range also filters on created_at (two more parameters).

@@ -2,6 +2,8 @@ from datetime import date, datetime, time, timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -9,6 +11,14 @@ from django.utils import timezone
 
 class TooManyExports(Exception):
     """The user already has EXPORT_MAX_RUNNING_PER_USER exports queued or running."""
+
+
+# The days an export's range may name. Beyond them lies only nonsense that would
+# fail in the task instead (the day after 9999-12-31 is not a Python date: an
+# OverflowError, a dead letter and an alert for what the form could refuse).
+EARLIEST_DAY, LATEST_DAY = date(1900, 1, 1), date(2999, 12, 31)
+DAY_MESSAGE = f"Choose a day from {EARLIEST_DAY} to {LATEST_DAY}."
+DAY_VALIDATORS = [MinValueValidator(EARLIEST_DAY, DAY_MESSAGE), MaxValueValidator(LATEST_DAY, DAY_MESSAGE)]
 
 
 class Transaction(models.Model):
@@ -52,8 +62,8 @@ class ExportJob(models.Model):
     file = models.FileField(upload_to="exports/", blank=True)
     # The export's parameters: transactions created on these days (inclusive;
     # empty means unbounded), in the site's time zone.
-    date_from = models.DateField(null=True, blank=True)
-    date_to = models.DateField(null=True, blank=True)
+    date_from = models.DateField(null=True, blank=True, validators=DAY_VALIDATORS)
+    date_to = models.DateField(null=True, blank=True, validators=DAY_VALIDATORS)
     # Why the job FAILED (or the last error a retry recovered from), for its page.
     error = models.TextField(blank=True)
     # The lease: only the runner holding an unexpired lease may write. It is
@@ -70,6 +80,10 @@ class ExportJob(models.Model):
 
     def __str__(self):
         return f"Export {self.pk} ({self.status})"
+
+    def clean(self):
+        if self.date_from and self.date_to and self.date_from > self.date_to:
+            raise ValidationError("The first day must not be after the last day.")
 
     @property
     def is_active(self) -> bool:
@@ -107,7 +121,8 @@ class ExportJob(models.Model):
 
         Returns ``(job, created)``: the same request twice gives the job already
         under way, not a second one. Raises ``TooManyExports`` when the user has
-        ``EXPORT_MAX_RUNNING_PER_USER`` exports queued or running.
+        ``EXPORT_MAX_RUNNING_PER_USER`` exports queued or running, and Django's
+        ``ValidationError`` for a range of days it cannot export (the form's rules).
 
         Count-then-insert is a race (two requests both count one and both insert);
         locking the user's row first makes concurrent requests of one user take
@@ -117,6 +132,8 @@ class ExportJob(models.Model):
         from .. import outbox
         from .tasks import generate_csv_export
 
+        job = cls(user=user, date_from=date_from, date_to=date_to)
+        job.full_clean()  # what the form checks, for every other caller (the command, your code)
         with transaction.atomic():
             get_user_model().objects.select_for_update().filter(pk=user.pk).first()
             active = cls.objects.filter(user=user, status__in=cls.ACTIVE)
@@ -129,7 +146,7 @@ class ExportJob(models.Model):
                     f"you already have {limit} export{'s' if limit != 1 else ''} running; "
                     "wait for one to finish or cancel one"
                 )
-            job = cls.objects.create(user=user, date_from=date_from, date_to=date_to)
+            job.save()
             # Committed with the job (transactional outbox): published after COMMIT,
             # or by the outbox relay once the broker is back. The worker always finds the job.
             outbox.send(generate_csv_export, job.pk)
@@ -138,17 +155,17 @@ class ExportJob(models.Model):
 
     # --8<-- [start:cancel]
     @classmethod
-    def cancel(cls, pk: int, user) -> bool:
-        """Mark the user's queued or running export CANCELLED (one UPDATE); False if it had already ended.
+    def cancel(cls, pk: int, user=None) -> bool:
+        """Mark the (user's) queued or running export CANCELLED (one UPDATE); False if it had already ended.
 
         The runner notices at its next checkpoint, which is conditional on the
-        job still being active, stops and cleans up its parts.
+        job still being active, stops and cleans up its parts. Without ``user``:
+        an operator's cancel (a revoked task, ``tasks.cancel_revoked_export``).
         """
-        return bool(
-            cls.objects.filter(pk=pk, user=user, status__in=cls.ACTIVE).update(
-                status=cls.Status.CANCELLED, finished_at=timezone.now()
-            )
-        )
+        jobs = cls.objects.filter(pk=pk, status__in=cls.ACTIVE)
+        if user is not None:
+            jobs = jobs.filter(user=user)
+        return bool(jobs.update(status=cls.Status.CANCELLED, finished_at=timezone.now()))
         # --8<-- [end:cancel]
 
     @staticmethod

@@ -8,9 +8,11 @@ from datetime import timedelta
 from billiard.common import TERM_SIGNAL
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import task_revoked
 from celery.utils.time import get_exponential_backoff_interval
+from celery.worker import state as worker_state
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, close_old_connections, connections
+from django.db import DEFAULT_DB_ALIAS, close_old_connections, connection, connections
 from django.utils import timezone
 
 from ..core.task_base import BaseTask
@@ -165,6 +167,44 @@ def generate_csv_export(self, export_job_id: int) -> str:
     logger.info("export %s: %s rows, %s bytes in %s", job.pk, job.processed_rows, job.bytes_written, job.file.name)
     return "completed"
     # --8<-- [end:generate-csv-export]
+
+
+# --8<-- [start:revoked]
+@task_revoked.connect
+def cancel_revoked_export(sender=None, request=None, terminated=False, expired=False, **kwargs):
+    """An operator revoked an export's task (Flower, ``celery control revoke``): the export is CANCELLED.
+
+    Celery sends ``task_revoked`` in the worker's main process when it drops a
+    revoked message instead of running it, and when it terminates the process
+    running a task (``terminate=True``). Neither stops the *export*: left queued
+    or running, the watchdog sends it again within a minute, and the pool
+    ignores SIGTERM, Celery's default signal, in its children (REMAP_SIGTERM,
+    config/worker.py), so a terminated export even ran to the end. Cancelled,
+    it is finished, as if its owner had cancelled it: never sent again; a runner
+    still alive stops at its next checkpoint and deletes its file; one killed
+    outright (SIGKILL) leaves its lease to the watchdog, which frees it (and any
+    part) once it expires. A message that merely expired is no one's cancel:
+    the watchdog sends that job again. A plain revoke does nothing to a task
+    already running (Celery's rule): cancel that one from its page, or terminate it.
+    """
+    if expired or getattr(sender, "name", None) != generate_csv_export.name:
+        return
+    if request.id not in worker_state.revoked:
+        # Terminated by the worker itself, not revoked by anyone: Celery cancels the
+        # running tasks when it loses its broker connection (a Redis restart) and
+        # reports them the same way. The export is handed back and resumes.
+        return
+    job_id = request.args[0] if request.args else request.kwargs["export_job_id"]
+    close_old_connections()  # the main process runs no tasks: its connection may be long dead
+    try:
+        if ExportJob.cancel(job_id):
+            ExportRunner.delete_parts(ExportJob(pk=job_id))
+            how = "revoked and terminated" if terminated else "revoked"
+            logger.warning("export %s: its task %s was %s: export cancelled", job_id, request.id, how)
+    finally:
+        if not connection.in_atomic_block:  # called from a test's transaction, it is the test's
+            connection.close()  # and not held open by a process that rarely needs one
+    # --8<-- [end:revoked]
 
 
 # --8<-- [start:watchdog]

@@ -8,20 +8,19 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from .csv_export import ExportRunner
-from .models import ExportJob, TooManyExports
+from .models import EARLIEST_DAY, LATEST_DAY, ExportJob, TooManyExports
 
 
-class ExportForm(forms.Form):
-    """The export's parameters: an optional range of days."""
+class ExportForm(forms.ModelForm):
+    """The export's parameters: an optional range of days, checked by the model's own rules."""
 
-    date_from = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
-    date_to = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
-
-    def clean(self):
-        cleaned = super().clean()
-        if cleaned.get("date_from") and cleaned.get("date_to") and cleaned["date_from"] > cleaned["date_to"]:
-            raise forms.ValidationError("The first day must not be after the last day.")
-        return cleaned
+    class Meta:
+        model = ExportJob
+        fields = ["date_from", "date_to"]
+        # The browser's date picker offers only the days the model accepts.
+        widgets = {
+            name: forms.DateInput(attrs={"type": "date", "min": EARLIEST_DAY, "max": LATEST_DAY}) for name in fields
+        }
 
 
 def own_job(request, pk) -> ExportJob:

@@ -5,13 +5,14 @@ import io
 import logging
 import time
 from collections.abc import Iterable, Iterator
-from datetime import datetime, tzinfo
+from datetime import datetime, timedelta, tzinfo
 from decimal import Decimal, InvalidOperation
 from itertools import islice
 from operator import itemgetter
 
 from celery import shared_task
 from django.conf import settings
+from django.core.files.storage import default_storage
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -25,7 +26,12 @@ logger = logging.getLogger(__name__)
 # An "id" column is allowed and ignored: imported rows get new ids. Other extra
 # columns are ignored too.
 COLUMNS = ("created_at", "amount", "currency", "description")
-LARGEST_AMOUNT = Decimal("9999999999.99")  # Transaction.amount: 12 digits, 2 after the point
+# What Transaction.amount holds (12 digits, 2 after the point: 9999999999.99), read
+# from the field so that the check follows the column. The rest of the system is
+# sized for any number of such amounts: a statement line holds the sum of as many
+# of them as it can count (statements/models.py).
+_AMOUNT = Transaction._meta.get_field("amount")
+LARGEST_AMOUNT = Decimal(10) ** (_AMOUNT.max_digits - _AMOUNT.decimal_places) - Decimal(10) ** -_AMOUNT.decimal_places
 # What one row becomes: the Transaction columns after user_id, in COPY's order.
 Row = tuple[int, datetime, Decimal, str, str]
 
@@ -44,7 +50,7 @@ def parse_row(user_id: int, fields: tuple[str, str, str, str], line: int, zone: 
         raise InvalidFile(f"line {line}: created_at must be an ISO date and time, amount a number") from None
     if when.tzinfo is None:
         when = timezone.make_aware(when, zone)  # in the site's time zone
-    if not money.is_finite() or money.as_tuple().exponent < -2 or abs(money) > LARGEST_AMOUNT:
+    if not money.is_finite() or money.as_tuple().exponent < -_AMOUNT.decimal_places or abs(money) > LARGEST_AMOUNT:
         raise InvalidFile(f"line {line}: amount {amount!r} is not an amount of money")
     if len(currency) != 3 or not currency.isalpha() or not currency.isupper():
         raise InvalidFile(f"line {line}: currency {currency!r} is not a three-letter code such as EUR")
@@ -172,12 +178,30 @@ def refresh_statistics(model, added: int) -> bool:
     # --8<-- [end:refresh-statistics]
 
 
+# --8<-- [start:discard-upload]
+def discard_upload(name: str) -> None:
+    """Delete an import's uploaded file once its outcome has committed.
+
+    Imported, its rows are in the table; failed, the user uploads a corrected
+    file. Kept, every upload would stay in storage for ever. Only after COMMIT:
+    rolled back, the import is still pending and its retry needs the file. A
+    worker killed between the two leaves the file behind, for the nightly
+    ``cleanup_expired_imports``.
+    """
+    if name:
+        transaction.on_commit(lambda: default_storage.delete(name))
+        # --8<-- [end:discard-upload]
+
+
 def mark_failed(import_id: int, reason: str) -> bool:
-    return bool(
-        TransactionImport.objects.filter(pk=import_id, status=TransactionImport.Status.PENDING).update(
-            status=TransactionImport.Status.FAILED, error=reason[:2000], finished_at=timezone.now()
-        )
+    pending = TransactionImport.objects.filter(pk=import_id, status=TransactionImport.Status.PENDING)
+    name = pending.values_list("file", flat=True).first()
+    failed = pending.update(
+        status=TransactionImport.Status.FAILED, error=reason[:2000], finished_at=timezone.now(), file=""
     )
+    if failed:
+        discard_upload(name)
+    return bool(failed)
 
 
 class ImportTask(BaseTask):
@@ -222,11 +246,61 @@ def process_transaction_import(import_id: int) -> str:
             if refresh_statistics(Transaction, rows):
                 logger.info("import %s: analyzed %s after %s new rows", upload.pk, Transaction._meta.db_table, rows)
             TransactionImport.objects.filter(pk=upload.pk).update(
-                status=TransactionImport.Status.COMPLETED, rows=rows, finished_at=timezone.now()
+                status=TransactionImport.Status.COMPLETED, rows=rows, finished_at=timezone.now(), file=""
             )
+            discard_upload(upload.file.name)
             logger.info("import %s: %s rows for %s", upload.pk, rows, upload.user)
             return TransactionImport.Status.COMPLETED
         mark_failed(upload.pk, reason)
         logger.info("import %s failed: %s", upload.pk, reason)
         return TransactionImport.Status.FAILED
         # --8<-- [end:process-import]
+
+
+# --8<-- [start:cleanup]
+@shared_task
+def cleanup_expired_imports(dry_run: bool = False) -> list[int]:
+    """Delete imports older than IMPORT_RETENTION_DAYS, and uploads no import names. Beat, daily, on "low".
+
+    An upload normally goes as soon as its import has run (``discard_upload``).
+    What is left: the file of an import that never ran (still pending after all
+    that time: its message was lost), and orphans, files no row names, stored by
+    a request whose transaction then rolled back, or kept by a worker killed
+    between an import's COMMIT and the file's deletion. Returns the ids of the
+    imports deleted (with ``dry_run``, that would be).
+    """
+    cutoff = timezone.now() - timedelta(days=settings.IMPORT_RETENTION_DAYS)
+    expired = TransactionImport.objects.filter(created_at__lt=cutoff)
+    ids = list(expired.values_list("pk", flat=True))
+    orphans = orphaned_uploads(cutoff)
+    if not dry_run:
+        for upload in expired:
+            if upload.file:
+                upload.file.delete(save=False)
+            upload.delete()
+        for name in orphans:
+            default_storage.delete(name)
+    logger.info(
+        "import cleanup: %s %s imports and %s orphaned uploads older than %s",
+        "would delete" if dry_run else "deleted",
+        len(ids),
+        len(orphans),
+        cutoff,
+    )
+    return ids
+
+
+def orphaned_uploads(older_than: datetime) -> list[str]:
+    """Files in the uploads' directory that no import names, last written before ``older_than``.
+
+    The age spares an upload whose request is still between storing the file and COMMIT.
+    """
+    directory = TransactionImport._meta.get_field("file").upload_to.rstrip("/")
+    try:
+        _, files = default_storage.listdir(directory)
+    except FileNotFoundError:  # nothing was ever uploaded
+        return []
+    named = set(TransactionImport.objects.exclude(file="").values_list("file", flat=True))
+    names = (f"{directory}/{file}" for file in files)
+    return [name for name in names if name not in named and default_storage.get_modified_time(name) < older_than]
+    # --8<-- [end:cleanup]

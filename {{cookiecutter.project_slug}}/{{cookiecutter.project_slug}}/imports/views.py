@@ -5,7 +5,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.validators import FileExtensionValidator
 from django.shortcuts import redirect, render
 
-from .models import TransactionImport
+from .models import TooManyImports, TransactionImport
 
 
 class ImportForm(forms.Form):
@@ -26,11 +26,20 @@ class ImportForm(forms.Form):
 @login_required
 def import_list(request):
     """The user's imports, and the upload form. The request stores the file; a task imports it."""
-    form = ImportForm(request.POST or None, request.FILES or None)
-    if request.method == "POST" and form.is_valid():
-        upload = TransactionImport.receive(request.user, form.cleaned_data["file"])
-        messages.success(request, f"Import {upload.pk} received: its rows appear here when it has run.")
-        return redirect("imports:list")
+    form, status = ImportForm(request.POST or None, request.FILES or None), 200
+    if request.method == "POST" and not form.is_valid():
+        status = 400
+    elif request.method == "POST":
+        try:
+            # Row-locks the user, enforces IMPORT_MAX_PENDING_PER_USER, stores the
+            # file and dispatches the import after commit (models.py).
+            upload = TransactionImport.receive(request.user, form.cleaned_data["file"])
+        except TooManyImports as refusal:
+            messages.error(request, f"Import not started: {refusal}.")
+            status = 429
+        else:
+            messages.success(request, f"Import {upload.pk} received: its rows appear here when it has run.")
+            return redirect("imports:list")
     imports = TransactionImport.objects.filter(user=request.user)[:20]
-    return render(request, "imports/list.html", {"form": form, "imports": imports}, status=400 if form.errors else 200)
+    return render(request, "imports/list.html", {"form": form, "imports": imports}, status=status)
     # --8<-- [end:upload-view]

@@ -1,17 +1,35 @@
 from django.conf import settings
 from django.core import checks
 
+from .providers import NOT_CONFIGURED, provider_name
+
 
 @checks.register(checks.Tags.security, deploy=True)
 def check_payment_provider(app_configs, **kwargs):
-    """In production, charging the sandbox instead of Stripe is almost surely a mistake."""
-    if settings.STRIPE_SECRET_KEY or settings.PAYMENTS_ALLOW_SANDBOX:
+    """A production site takes real payments, or says out loud that it does not.
+
+    No provider at all (no Stripe key, the sandbox not allowed) is an error: the
+    site takes no orders. The sandbox, allowed on purpose, stays a warning on every
+    deploy: its orders are marked paid and no money is taken.
+    """
+    name = provider_name()
+    if name == "stripe":
         return []
+    if name == "sandbox":
+        return [
+            checks.Warning(
+                "Payments go to the sandbox provider: PAYMENTS_ALLOW_SANDBOX is true and STRIPE_SECRET_KEY "
+                "is not set. Test cards are taken, orders are marked paid, and no money is taken.",
+                hint="Right for a staging or demo site only. For a shop, set STRIPE_SECRET_KEY.",
+                id="payments.W001",
+            )
+        ]
     return [
-        checks.Warning(
-            "Payments go to the sandbox provider: STRIPE_SECRET_KEY is not set.",
-            hint="Set STRIPE_SECRET_KEY, or PAYMENTS_ALLOW_SANDBOX=true for a staging site.",
-            id="payments.W001",
+        checks.Error(
+            NOT_CONFIGURED,
+            hint="Set STRIPE_SECRET_KEY, STRIPE_PUBLISHABLE_KEY and STRIPE_WEBHOOK_SECRET where the site's "
+            "environment comes from: .envs/.production/.django with docker compose.",
+            id="payments.E001",
         )
     ]
 

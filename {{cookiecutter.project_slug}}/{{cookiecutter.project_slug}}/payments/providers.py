@@ -1,7 +1,8 @@
 """Payment providers behind one small interface: ``charge``, ``retrieve``, ``cancel``, ``find``.
 
 ``StripeProvider`` talks to Stripe (used when ``STRIPE_SECRET_KEY`` is set).
-``SandboxProvider`` is the default in development and tests and behaves like a
+``SandboxProvider`` is the default in development and tests (production runs it
+only with ``PAYMENTS_ALLOW_SANDBOX=true``, see ``provider_name``) and behaves like a
 real provider: it keeps its own ledger (``SandboxCharge``), a repeated
 idempotency key returns the earlier charge without charging again, it
 understands Stripe's test cards (``pm_card_visa``, ``pm_card_chargeDeclined``,
@@ -16,16 +17,21 @@ error that says what the caller may do:
 * ``PaymentInProgress``: another delivery of this payment is at the provider
   right now and will record the outcome: stop, do not retry;
 * ``CardDeclined``: final, the customer's problem (order FAILED, reason shown);
+* ``PaymentMethodRefused``: final, the customer's problem too: the payment method
+  they sent does not exist at the provider (order FAILED, no dead letter);
 * ``PaymentRejected``: final, *our* problem (a bad request, a revoked key): the
-  order fails, and the task fails loudly so that an operator gets a dead letter.
+  order fails, and the task fails loudly so that an operator gets a dead letter;
+* ``PaymentsNotConfigured``: there is no provider (production without a Stripe
+  key, the sandbox not allowed): nothing is charged, the task fails loudly.
 """
 
 import json
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
+from decimal import Decimal
 from enum import StrEnum
 from typing import Protocol
 
@@ -63,6 +69,18 @@ class CardDeclined(ProviderError):
     """A final answer: retrying will not change it."""
 
 
+class PaymentMethodRefused(ProviderError):
+    """The provider knows no such payment method (Stripe: a 400 about ``payment_method``).
+
+    The id comes from the customer's browser: the form checks its shape, only the
+    provider knows whether it exists. Final, and the customer's doing, like a decline:
+    the order fails, and no dead letter is written for it."""
+
+
+class PaymentsNotConfigured(ProviderError):
+    """No provider: production without STRIPE_SECRET_KEY, and the sandbox not allowed."""
+
+
 class PaymentRejected(ProviderError):
     """The provider refused the request itself: invalid, unauthorised, forbidden, or
     an idempotency key reused with other parameters. A bug or a configuration error:
@@ -90,6 +108,15 @@ class Charge:
     action_url: str = ""
     # FAILED: why, in words for the customer.
     failure_reason: str = ""
+    # Whose payment this is (tasks.mismatch): the idempotency key of the request the
+    # provider answered with it, when known, and the metadata it carries (Stripe: the
+    # PaymentIntent's; the sandbox keeps none, its payments are known by their key).
+    idempotency_key: str = ""
+    metadata: dict[str, str] = field(default_factory=dict, hash=False)
+
+    @property
+    def amount(self) -> Decimal:
+        return Decimal(self.amount_cents) / 100
 
 
 class PaymentProvider(Protocol):
@@ -113,6 +140,8 @@ class PaymentProvider(Protocol):
 
         For a payment sent again after the provider forgot its idempotency key
         (Stripe: 24 hours): then only a lookup tells whether the first request charged.
+        Only a payment made with this key, or carrying all of this metadata (the order
+        *and* this site: one provider account may serve several sites), is an answer.
         """
 
 
@@ -143,7 +172,8 @@ class SandboxProvider:
     ``pm_card_threeDSecure2Required`` REQUIRES_ACTION: the customer authenticates on
                                       the sandbox's own page (``authenticate``), then
                                       the payment succeeds or fails
-    anything else                     ``PaymentRejected`` ("No such PaymentMethod")
+    anything else                     ``PaymentMethodRefused`` ("No such PaymentMethod"),
+                                      as Stripe answers an unknown one
 
     ``plan(key, "timeout", "ok")`` makes the next charges with that idempotency
     key time out once, then succeed. Behaviours, one per call, then "ok" forever:
@@ -218,7 +248,7 @@ class SandboxProvider:
 
         card = self.TEST_CARDS.get(payment_method)
         if card is None:
-            raise PaymentRejected(f"No such PaymentMethod: {payment_method!r}")
+            raise PaymentMethodRefused(f"No such PaymentMethod: {payment_method!r}")
         if card.startswith("decline:"):
             raise CardDeclined(card.removeprefix("decline:"))
         if card == "authenticate":
@@ -236,7 +266,7 @@ class SandboxProvider:
     def retrieve(self, charge_id: str) -> Charge:
         row = SandboxCharge.objects.filter(charge_id=charge_id).first()
         if row is not None:
-            return Charge(id=row.charge_id, amount_cents=row.amount_cents, currency=row.currency)
+            return self._ledger_charge(row)
         pending = self._pending(charge_id)
         if pending is None:
             raise PaymentRejected(f"No such payment: {charge_id!r}")
@@ -259,7 +289,7 @@ class SandboxProvider:
         PaymentIntents by the order id in their metadata instead).
         """
         if row := SandboxCharge.objects.filter(idempotency_key=idempotency_key).order_by("-created_at").first():
-            return Charge(id=row.charge_id, amount_cents=row.amount_cents, currency=row.currency)
+            return self._ledger_charge(row)
         if charge_id := self.redis.get(f"payments:sandbox:auth:{idempotency_key}"):
             return self.retrieve(charge_id.decode())
         return None
@@ -268,8 +298,8 @@ class SandboxProvider:
     def authenticate(self, charge_id: str, *, succeed: bool) -> Charge:
         """The customer passes (or fails) authentication: what the bank's 3-D Secure page does."""
         pending = self._pending(charge_id)
-        if pending is None:
-            raise PaymentRejected(f"No such payment: {charge_id!r}")
+        if pending is None:  # forgotten after PENDING_TTL: a charge's ledger row still answers
+            return self.retrieve(charge_id)
         if pending["status"] == "requires_action":
             if succeed:
                 self._record(pending["amount_cents"], pending["currency"], pending["key"], charge_id=charge_id)
@@ -283,7 +313,7 @@ class SandboxProvider:
     def _authentication_for(self, amount_cents: int, currency: str, idempotency_key: str) -> Charge:
         self._forget_expired(idempotency_key)
         if row := SandboxCharge.objects.filter(idempotency_key=idempotency_key, key_forgotten=False).first():
-            return Charge(id=row.charge_id, amount_cents=row.amount_cents, currency=row.currency)
+            return self._ledger_charge(row)
         candidate = f"pi_sandbox_{uuid.uuid4().hex[:24]}"
         # SET NX: concurrent calls with one key agree on one payment.
         self.redis.set(f"payments:sandbox:auth:{idempotency_key}", candidate, nx=True, ex=self.PENDING_TTL)
@@ -303,6 +333,12 @@ class SandboxProvider:
         self.redis.set(f"payments:sandbox:intent:{charge_id}", json.dumps(pending), ex=self.PENDING_TTL)
 
     @staticmethod
+    def _ledger_charge(row: SandboxCharge) -> Charge:
+        return Charge(
+            id=row.charge_id, amount_cents=row.amount_cents, currency=row.currency, idempotency_key=row.idempotency_key
+        )
+
+    @staticmethod
     def _pending_charge(charge_id: str, pending: dict) -> Charge:
         status = pending["status"]
         action_url = reverse("payments:sandbox-authenticate", args=[charge_id]) if status == "requires_action" else ""
@@ -314,6 +350,7 @@ class SandboxProvider:
             provider_status=status,
             action_url=action_url,
             failure_reason=pending["reason"],
+            idempotency_key=pending["key"],
         )
 
     @classmethod
@@ -339,7 +376,7 @@ class SandboxProvider:
             )
         except IntegrityError:  # lost a race with a concurrent call for the same key
             row = SandboxCharge.objects.get(idempotency_key=idempotency_key, key_forgotten=False)
-        return Charge(id=row.charge_id, amount_cents=row.amount_cents, currency=row.currency)
+        return cls._ledger_charge(row)
 
 
 # --8<-- [start:stripe-statuses]
@@ -381,6 +418,10 @@ def stripe_errors():
         stripe.PermissionError,  # 403: the key may not do this
         stripe.IdempotencyError,  # the key was used with other parameters
     ) as error:
+        if isinstance(error, stripe.InvalidRequestError) and error.param == "payment_method":
+            # "No such PaymentMethod": the id the customer's browser sent is not one of
+            # this account's. Their input, not our bug: it fails the order like a decline.
+            raise PaymentMethodRefused(f"{type(error).__name__}: {error.user_message or error}") from error
         raise PaymentRejected(f"{type(error).__name__}: {error.user_message or error}") from error
         # --8<-- [end:stripe-errors]
 
@@ -424,31 +465,34 @@ class StripeProvider:
             params["automatic_payment_methods"] = {"enabled": True, "allow_redirects": "never"}
         with stripe_errors():
             intent = self.client.v1.payment_intents.create(params=params, options={"idempotency_key": idempotency_key})
-        return self._charge(intent)
+        return self.from_intent(intent, idempotency_key=idempotency_key)  # Stripe's answer to *this* key
 
     def retrieve(self, charge_id: str) -> Charge:
         with stripe_errors():
-            return self._charge(self.client.v1.payment_intents.retrieve(charge_id))
+            return self.from_intent(self.client.v1.payment_intents.retrieve(charge_id))
 
     def cancel(self, charge_id: str) -> Charge:
         with stripe_errors():
             intent = self.client.v1.payment_intents.cancel(charge_id, params={"cancellation_reason": "abandoned"})
-        return self._charge(intent)
+        return self.from_intent(intent)
 
     def find(self, *, idempotency_key: str, metadata: dict[str, str]) -> Charge | None:
-        """The newest PaymentIntent of this order, found by its metadata (Stripe's search API).
+        """The newest PaymentIntent carrying all of ``metadata``, found with Stripe's search API.
 
+        Every pair is a clause of the query, and each result is checked again: a
+        PaymentIntent that names the order but not this site is another site's.
         Search is not available in every account region (not in India): there it
         raises, the task retries and then leaves a dead letter instead of charging.
         """
-        query = " AND ".join(f"metadata['{key}']:'{value}'" for key, value in sorted(metadata.items()))
+        query = " AND ".join(f"metadata['{key}']:{quoted(value)}" for key, value in sorted(metadata.items()))
         with stripe_errors():
             found = self.client.v1.payment_intents.search(params={"query": query, "limit": 10})
-        intents = sorted(found.data, key=lambda intent: intent.created, reverse=True)
-        return self._charge(intents[0]) if intents else None
+        charges = [self.from_intent(intent) for intent in sorted(found.data, key=lambda i: i.created, reverse=True)]
+        return next((charge for charge in charges if metadata.items() <= charge.metadata.items()), None)
 
     @staticmethod
-    def _charge(intent: stripe.PaymentIntent) -> Charge:
+    def from_intent(intent: stripe.PaymentIntent, idempotency_key: str = "") -> Charge:
+        """A PaymentIntent, from the API or a webhook event, in our words."""
         data = intent.to_dict()  # StripeObject is not a dict: read optional fields from a plain one
         status = data["status"]
         outcome = STRIPE_OUTCOMES.get(status, Outcome.PROCESSING)  # a status new to us: ask again later
@@ -468,10 +512,44 @@ class StripeProvider:
             provider_status=status,
             action_url=action_url,
             failure_reason=reason,
+            idempotency_key=idempotency_key,
+            metadata={key: str(value) for key, value in (data.get("metadata") or {}).items()},
         )
 
 
-def get_provider() -> PaymentProvider:
+def quoted(value: str) -> str:
+    """A value for Stripe's search query language: in single quotes, a quote in it escaped."""
+    return "'" + value.replace("'", "\\'") + "'"
+
+
+# --8<-- [start:provider-name]
+NOT_CONFIGURED = (
+    "Payments are not configured: STRIPE_SECRET_KEY is not set and the sandbox provider is not allowed "
+    "here, so checkout refuses every order. Set STRIPE_SECRET_KEY, or PAYMENTS_ALLOW_SANDBOX=true for a "
+    "site whose payments are pretend: test cards, orders marked paid, no money taken."
+)
+
+
+def provider_name() -> str:
+    """Who takes this site's payments: "stripe", "sandbox", or "" (nobody: payments are not configured).
+
+    Stripe when STRIPE_SECRET_KEY is set. Otherwise the sandbox, but only where it is
+    allowed: by default in development and tests, in production only with
+    PAYMENTS_ALLOW_SANDBOX=true. A production site that merely lacks its key must not
+    take test cards and mark orders paid with no money taken: it takes no orders.
+    """
     if settings.STRIPE_SECRET_KEY:
+        return "stripe"
+    if settings.PAYMENTS_ALLOW_SANDBOX:
+        return "sandbox"
+    return ""
+
+
+def get_provider() -> PaymentProvider:
+    name = provider_name()
+    if name == "stripe":
         return StripeProvider(settings.STRIPE_SECRET_KEY, api_base=settings.STRIPE_API_BASE)
-    return SandboxProvider()
+    if name == "sandbox":
+        return SandboxProvider()
+    raise PaymentsNotConfigured(NOT_CONFIGURED)
+    # --8<-- [end:provider-name]

@@ -15,15 +15,18 @@ from ..core.task_base import queue_of
 from ..outbox.relay import unsent_args
 from .models import Order
 from .providers import (
+    NOT_CONFIGURED,
     CardDeclined,
     Charge,
     Outcome,
     PaymentInProgress,
+    PaymentMethodRefused,
     PaymentProvider,
     PaymentRejected,
     ProviderTimeout,
     ProviderUnavailable,
     get_provider,
+    provider_name,
 )
 
 logger = logging.getLogger(__name__)
@@ -55,16 +58,22 @@ def process_payment(self, order_id: int) -> str:
     Timeouts, rate limits and outages are retried with exponential backoff and
     jitter (the policy of core/task_base.py); after the last retry a FailedTask
     row is written and the order stays PROCESSING for reconciliation to re-send.
-    A decline fails the order with its reason. A request the provider refuses
+    A decline fails the order with its reason; so does a payment method the
+    provider does not know (the customer's input: no dead letter). A request the provider refuses
     (invalid, unauthorised: a bug or a configuration error) fails the order *and*
     the task, once: one dead letter, and reconciliation leaves FAILED orders alone.
-    A missing order is logged and the task ends without retrying.
+    A missing order is logged and the task ends without retrying. With no provider
+    at all (production without a Stripe key, the sandbox not allowed) the task fails
+    before it touches the order (``PaymentsNotConfigured``): one dead letter, to
+    replay once payments are configured. Nothing is charged, for real or pretend.
 
     Sent again after the provider may have forgotten the key (a dead letter
     replayed days later), it first asks the provider for the order's earlier
     payment (``earlier_payment``) and records that one instead of charging again.
+    A payment that is not the order's (``mismatch``) fails the order and the task.
     """
     # --8<-- [start:process-payment-steps]
+    provider = get_provider()  # none configured: PaymentsNotConfigured, the order untouched
     with transaction.atomic():
         order = Order.objects.select_for_update().filter(pk=order_id).first()
         if order is None:
@@ -79,7 +88,6 @@ def process_payment(self, order_id: int) -> str:
         order.payment_attempts += 1
         order.save(update_fields=["status", "payment_attempts", "updated_at"])
 
-    provider = get_provider()
     if (earlier := earlier_payment(provider, order)) is not None:
         return record_outcome(order_id, earlier)
     try:
@@ -91,13 +99,20 @@ def process_payment(self, order_id: int) -> str:
             # Where the customer comes back after 3-D Secure. Part of the request,
             # so it must not change between retries (the key's parameters must match).
             return_url=settings.SITE_URL + reverse("payments:order", args=[order.pk]),
-            metadata={"order_id": str(order.pk)},  # webhooks find the order by it
+            metadata=payment_metadata(order),  # webhooks and lookups find the order by it
         )
         # --8<-- [end:process-payment-steps]
     except CardDeclined as declined:
         fail_order(order_id, str(declined))
         logger.info("payment: order %s declined: %s", order_id, declined)
         return "declined"
+    except PaymentMethodRefused as refused:
+        # The customer's input, refused by the only one who can tell (the form checked
+        # its shape): final, like a decline. Not a dead letter: nobody could have done
+        # better, and anyone can send a made-up "pm_..." to the checkout.
+        fail_order(order_id, "This payment method could not be used. Please pay with another card.")
+        logger.warning("payment: order %s: the provider refused its payment method: %s", order_id, refused)
+        return "payment-method-refused"
     except PaymentInProgress:
         # A duplicate delivery while the first is still at the provider: the first
         # records the outcome (if its worker dies, its message comes back, and
@@ -111,6 +126,16 @@ def process_payment(self, order_id: int) -> str:
 
     return record_outcome(order_id, charge)
     # --8<-- [end:process-payment]
+
+
+def payment_metadata(order: Order) -> dict[str, str]:
+    """Sent with every payment: the order, and this site (PAYMENTS_SITE_ID).
+
+    One Stripe account may serve several sites (a second shop, staging, each
+    developer's ``stripe listen``), and their order ids overlap ours: the site is
+    what tells our order 42's payment from theirs.
+    """
+    return {"order_id": str(order.pk), "site": settings.PAYMENTS_SITE_ID}
 
 
 # --8<-- [start:earlier-payment]
@@ -130,14 +155,15 @@ def earlier_payment(provider: PaymentProvider, order: Order) -> Charge | None:
     Stripe forgets an idempotency key after 24 hours: the same key sent later is a
     new request and charges again. So a payment sent again that late (a dead
     letter replayed days after, an operator's retry) asks the provider first, by
-    the order id in the payment's metadata. Found: that is the payment, nothing is
-    charged. Not found: no earlier attempt reached the provider, charging is safe.
+    the order id and this site in the payment's metadata. Found: that is the
+    payment (``record_outcome`` still checks it), nothing is charged. Not found: no
+    earlier attempt of ours reached the provider, charging is safe.
     A provider that cannot look it up raises, and the task retries, then leaves a
     dead letter: it never charges blind.
     """
     if not key_may_be_forgotten(order):
         return None  # the key still protects the charge
-    earlier = provider.find(idempotency_key=str(order.idempotency_key), metadata={"order_id": str(order.pk)})
+    earlier = provider.find(idempotency_key=str(order.idempotency_key), metadata=payment_metadata(order))
     if earlier is not None:
         logger.warning("payment: order %s past the idempotency window: found %s, not charging", order.pk, earlier.id)
     return earlier
@@ -151,6 +177,40 @@ def fail_order(order_id: int, reason: str) -> None:
             order.move_to(Order.Status.FAILED)
             order.failure_reason = reason[:255]
             order.save(update_fields=["status", "failure_reason", "next_action_url", "updated_at"])
+
+
+class PaymentMismatch(Exception):
+    """A payment that must not settle the order it was presented for: not ours, or
+    not for the order's amount and currency. A person must look: it pays nothing."""
+
+
+# --8<-- [start:payment-mismatch]
+def mismatch(order: Order, charge: Charge) -> str:
+    """Why ``charge`` may not settle ``order``; empty if it may.
+
+    A payment settles an order only if it is ours, by one of
+
+    * the order's idempotency key: the provider answered a request we sent;
+    * the payment id the order holds (it got there through this check);
+    * metadata naming this site and this order (``payment_metadata``), all that a
+      webhook or a lookup (``earlier_payment``) has to go by;
+
+    and only if it is for the order's amount in the order's currency. "order_id 42"
+    in a PaymentIntent's metadata alone proves nothing: another site on the same
+    Stripe account has an order 42 too, and its 0.50 USD must not pay our 1,000 EUR.
+    """
+    ours = (
+        charge.idempotency_key == str(order.idempotency_key)
+        or (order.charge_id != "" and charge.id == order.charge_id)
+        or payment_metadata(order).items() <= charge.metadata.items()
+    )
+    if not ours:
+        return f"payment {charge.id} is not this site's payment of the order (its metadata: {charge.metadata})"
+    if (charge.amount_cents, charge.currency.upper()) != (order.amount_cents, order.currency.upper()):
+        paid, owed = f"{charge.amount:.2f} {charge.currency}", f"{order.amount:.2f} {order.currency}"
+        return f"payment {charge.id} is {paid}, the order {owed}"
+    return ""
+    # --8<-- [end:payment-mismatch]
 
 
 # --8<-- [start:record-outcome]
@@ -170,6 +230,10 @@ def record_outcome(order_id: int, charge: Charge) -> str:
     returns the provider's saved first answer), so a settled order never moves
     back, and an answer that changes nothing writes nothing (which also keeps
     ``updated_at``, the clock of the authentication timeout, running).
+
+    A payment that is not this order's (``mismatch``) settles nothing: the order
+    fails (its page says so, and reconciliation stops asking about it) and so does
+    the task, with ``PaymentMismatch``: one dead letter for a person to look at.
     """
     with transaction.atomic():
         order = Order.objects.select_for_update().get(pk=order_id)
@@ -180,20 +244,28 @@ def record_outcome(order_id: int, charge: Charge) -> str:
             if status == Order.Status.PAID:  # money taken after we gave up: a person must decide
                 logger.error("payment: order %s is FAILED but %s succeeded: refund or re-open", order_id, charge.id)
             return "already-failed"
-        unchanged = (order.status, order.charge_id, order.provider_status) == (
-            status,
-            charge.id,
-            charge.provider_status,
-        )
-        if unchanged:
-            return f"unchanged-{status}"
-        order.move_to(status)
-        order.charge_id, order.provider_status = charge.id, charge.provider_status
-        if status == Order.Status.REQUIRES_ACTION:
-            order.next_action_url = charge.action_url
-        if status == Order.Status.FAILED:
-            order.failure_reason = charge.failure_reason[:255]
-        order.save()
+        if problem := mismatch(order, charge):
+            order.move_to(Order.Status.FAILED)
+            order.failure_reason = "The payment could not be verified. We have been notified."
+            order.save(update_fields=["status", "failure_reason", "next_action_url", "updated_at"])
+        else:
+            unchanged = (order.status, order.charge_id, order.provider_status) == (
+                status,
+                charge.id,
+                charge.provider_status,
+            )
+            if unchanged:
+                return f"unchanged-{status}"
+            order.move_to(status)
+            order.charge_id, order.provider_status = charge.id, charge.provider_status
+            if status == Order.Status.REQUIRES_ACTION:
+                order.next_action_url = charge.action_url
+            if status == Order.Status.FAILED:
+                order.failure_reason = charge.failure_reason[:255]
+            order.save()
+    if problem:  # raised after the COMMIT: the order stays FAILED
+        logger.error("payment: order %s: %s; not accepted, order failed", order_id, problem)
+        raise PaymentMismatch(f"order {order_id}: {problem}; not accepted, the order failed")
     logger.info("payment: order %s is %s (provider: %s %s)", order_id, status, charge.id, charge.provider_status)
     return {Order.Status.REQUIRES_ACTION: "requires-action"}.get(status, str(status))
     # --8<-- [end:record-outcome]
@@ -260,7 +332,13 @@ def reconcile_stuck_payments(dry_run: bool = False) -> list[int]:
     Everything is sent through the outbox too: a broker outage loses nothing here
     either. Sending a payment twice is safe: the state guard and the idempotency
     key make the provider return the earlier charge if there was one.
+
+    With no provider configured nothing is sent: every task would fail, a dead
+    letter each, every cycle. Once payments are configured the next run catches up.
     """
+    if not provider_name():
+        logger.warning("payment reconciliation: nothing sent. %s", NOT_CONFIGURED)
+        return []
     # --8<-- [start:reconcile-body]
     now = timezone.now()
     stuck = Order.objects.filter(updated_at__lt=now - timedelta(minutes=settings.PAYMENT_STUCK_AFTER_MINUTES))
@@ -327,3 +405,24 @@ def give_up(order_id: int, reason: str) -> None:
         )
     logger.error("payment reconciliation: order %s %s; gave up, left to an operator (dead letter)", order_id, reason)
     # --8<-- [end:give-up]
+
+
+def refuse_payment(order_id: int, charge_id: str, problem: str) -> None:
+    """A payment that names order ``order_id`` but is not its own: one dead letter per payment, one log line.
+
+    For the webhook, which has no task to fail: the order is left as it is (its own
+    payment may still come). Replaying the dead letter only asks the provider about
+    the payment the order holds (``sync_payment``).
+    """
+    _, created = FailedTask.objects.get_or_create(
+        task_id=f"payment-mismatch-{charge_id}",  # every event about that payment: one row
+        defaults={
+            "task_name": sync_payment.name,
+            "args": [order_id],
+            "queue": queue_of(sync_payment.request, sync_payment),
+            "exception_type": f"{__name__}.{PaymentMismatch.__qualname__}",
+            "exception_message": f"order {order_id}: {problem}; not accepted, the order is unchanged",
+        },
+    )
+    if created:
+        logger.error("payment: order %s: %s; not accepted (dead letter)", order_id, problem)

@@ -1,4 +1,5 @@
 import logging
+import re
 import uuid
 from decimal import Decimal
 
@@ -14,8 +15,8 @@ from django.views.decorators.http import require_POST
 
 from .. import outbox
 from .models import Order
-from .providers import SandboxProvider
-from .tasks import process_payment, sync_payment
+from .providers import Charge, SandboxProvider, StripeProvider, provider_name
+from .tasks import mismatch, process_payment, refuse_payment, sync_payment
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,11 @@ SANDBOX_CARDS = [
     ("pm_card_chargeDeclined", "Visa: declined"),
     ("pm_card_chargeDeclinedInsufficientFunds", "Visa: declined, insufficient funds"),
 ]
+# A PaymentMethod id as Stripe.js creates it: "pm_" and letters and digits. \A and \Z,
+# not ^ and $: "$" matches before a final newline too, and "pm_1Abc\n" would pass.
+STRIPE_PAYMENT_METHOD = re.compile(r"\Apm_[A-Za-z0-9]+\Z")
+# What the checkout shows when the site has no payment provider (provider_name()).
+PAYMENTS_UNAVAILABLE = "Payments are not available on this site yet: no order can be placed. Please come back later."
 
 
 class CheckoutForm(forms.Form):
@@ -38,18 +44,27 @@ class CheckoutForm(forms.Form):
         choices=[("EUR", "EUR"), ("USD", "USD"), ("GBP", "GBP")], widget=forms.Select(attrs={"aria-label": "Currency"})
     )
     # With Stripe: the PaymentMethod id ("pm_...") that Stripe.js created in the
-    # browser (the card never touches this server). With the sandbox: a test card.
-    payment_method = forms.RegexField(regex=r"^pm_[A-Za-z0-9_]{1,61}$", max_length=64)
+    # browser (the card never touches this server). With the sandbox: one of its test
+    # cards (the field is replaced below). Anything else is refused here, with a
+    # message: a made-up id that reached the provider would fail the order later.
+    payment_method = forms.RegexField(
+        regex=STRIPE_PAYMENT_METHOD,
+        max_length=64,
+        widget=forms.HiddenInput,  # filled in by the Payment Element's script
+        error_messages={"invalid": "The card form did not complete: enter your card details again."},
+    )
     # One per rendered form (see checkout below).
     submission_key = forms.UUIDField(widget=forms.HiddenInput)
 
     def __init__(self, *args, stripe_checkout: bool, **kwargs):
         kwargs.setdefault("label_suffix", "")  # "Payment method", as "Amount" beside it: no colons
         super().__init__(*args, **kwargs)
-        if stripe_checkout:  # filled in by the Payment Element's script
-            self.fields["payment_method"].widget = forms.HiddenInput()
-        else:
-            self.fields["payment_method"].widget = forms.Select(choices=SANDBOX_CARDS)
+        if not stripe_checkout:
+            self.fields["payment_method"] = forms.ChoiceField(
+                choices=SANDBOX_CARDS,
+                label="Payment method",
+                error_messages={"invalid_choice": "Pick one of the sandbox's test cards."},
+            )
 
     def clean(self):
         cleaned = super().clean()
@@ -68,16 +83,26 @@ def checkout(request):
     the unique constraint on (user, submission_key) lets exactly one INSERT win,
     also when the POSTs run at the same moment on different threads or servers,
     and every other POST is sent to the order that the first one created.
+
+    A site without a payment provider (``provider_name``) says so and creates nothing.
     """
-    stripe_checkout = bool(settings.STRIPE_SECRET_KEY)
+    provider = provider_name()
+    if not provider:
+        if request.method == "POST":
+            logger.warning("checkout: refused an order of user %s: payments are not configured", request.user.pk)
+        return render(request, "payments/checkout.html", {"unavailable": PAYMENTS_UNAVAILABLE}, status=503)
+    stripe_checkout = provider == "stripe"
     initial = {"submission_key": uuid.uuid4()}  # server-side, per render
     form = CheckoutForm(request.POST or None, initial=initial, stripe_checkout=stripe_checkout)
     if request.method == "POST" and form.is_valid():
         order = place_order(request.user, form.cleaned_data)
         return redirect("payments:order", pk=order.pk)
-    if form.errors.get("submission_key"):  # a form from before this field existed: give it a key
+    if form.errors:
         form.data = form.data.copy()
-        form.data["submission_key"] = str(uuid.uuid4())
+        if "submission_key" in form.errors:  # a form from before this field existed: give it a key
+            form.data["submission_key"] = str(uuid.uuid4())
+        if "payment_method" in form.errors:  # not sent back: the Payment Element's script would resubmit it
+            form.data["payment_method"] = ""
     context = {"form": form, "stripe_publishable_key": settings.STRIPE_PUBLISHABLE_KEY if stripe_checkout else ""}
     return render(request, "payments/checkout.html", context)
 
@@ -133,7 +158,8 @@ def stripe_webhook(request):
     ``sync_payment``, which asks the API where the payment stands: events come
     late, twice and out of order, and the same answer recorded twice is a no-op.
     Answers 2xx quickly (Stripe retries anything else for days), 400 when the
-    signature is wrong.
+    signature is wrong. Events about payments that are not ours (another site on
+    the same Stripe account) are ignored with a 2xx too: see ``order_named_by``.
     """
     if not settings.STRIPE_WEBHOOK_SECRET:
         logger.error("stripe webhook: STRIPE_WEBHOOK_SECRET is not set, event refused")
@@ -148,10 +174,10 @@ def stripe_webhook(request):
 
     if not event.type.startswith("payment_intent."):
         return HttpResponse(status=204)  # not ours to handle; 2xx, or Stripe retries it
-    intent = event.data.object.to_dict()
-    order = Order.objects.filter(charge_id=intent["id"]).first() or order_named_by(intent)
+    charge = StripeProvider.from_intent(event.data.object)
+    order = Order.objects.filter(charge_id=charge.id).first() or order_named_by(charge)
     if order is None:
-        logger.warning("stripe webhook: %s for %s matches no order", event.type, intent["id"])
+        logger.warning("stripe webhook: %s for %s matches no order of this site", event.type, charge.id)
         return HttpResponse(status=204)
     with transaction.atomic():  # quick 2xx even with the broker down: the outbox relay sends it later
         outbox.send(sync_payment, order.pk)
@@ -159,25 +185,44 @@ def stripe_webhook(request):
     # --8<-- [end:webhook]
 
 
-def order_named_by(intent: dict) -> Order | None:
+def order_named_by(charge: Charge) -> Order | None:
     """The order in the metadata we sent, if it has no PaymentIntent yet; it gets this one.
 
     The event beat process_payment's answer, or its worker died after Stripe answered.
+    Stripe sends the endpoint every event of the account, and the account may serve
+    other sites too, with order ids of their own: a PaymentIntent whose metadata
+    names another site (or none) is theirs, and ignored. One that names this site
+    but not the order's amount and currency (``mismatch``) is refused loudly: a dead
+    letter, and the order keeps waiting for its own payment.
     """
-    order_id = str((intent.get("metadata") or {}).get("order_id", ""))
-    if not order_id.isdigit():
+    if charge.metadata.get("site") != settings.PAYMENTS_SITE_ID:
         return None
-    if not Order.objects.filter(pk=int(order_id), charge_id="").update(charge_id=intent["id"]):
+    order_id = charge.metadata.get("order_id", "")
+    order = Order.objects.filter(pk=int(order_id), charge_id="").first() if order_id.isdigit() else None
+    if order is None:
         return None
-    return Order.objects.get(pk=int(order_id))
+    if problem := mismatch(order, charge):
+        refuse_payment(order.pk, charge.id, problem)
+        return None
+    if not Order.objects.filter(pk=order.pk, charge_id="").update(charge_id=charge.id):
+        return None  # another event (or process_payment's answer) got there first
+    order.charge_id = charge.id
+    return order
 
 
 @login_required
 def sandbox_authenticate(request, charge_id):
-    """The sandbox's stand-in for a bank's 3-D Secure page (development only)."""
-    if settings.STRIPE_SECRET_KEY:
+    """The sandbox's stand-in for a bank's 3-D Secure page (development only).
+
+    Only a payment waiting for authentication has this page. Once it is settled, a
+    second POST of the page (a double click, the back button, a tab left open for a
+    day) gets the order page, which says how it ended: the sandbox is not asked again.
+    """
+    if provider_name() != "sandbox":
         raise Http404("the sandbox provider is not in use")
     order = get_object_or_404(Order, charge_id=charge_id, user=request.user)
+    if order.status != Order.Status.REQUIRES_ACTION:
+        return redirect("payments:order", pk=order.pk)
     if request.method == "POST":
         SandboxProvider().authenticate(charge_id, succeed=request.POST.get("result") == "succeed")
         with transaction.atomic():

@@ -1,6 +1,16 @@
 from django.contrib import admin
 
-from .models import StatementLine, StatementRun
+from .models import StatementBatch, StatementLine, StatementRun
+
+
+class StatementBatchInline(admin.TabularInline):
+    """Which batches of the run wrote their lines, and why one did not."""
+
+    model = StatementBatch
+    fields = ("first_user_id", "last_user_id", "status", "lines", "error")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
 
 
 @admin.register(StatementRun)
@@ -8,6 +18,7 @@ class StatementRunAdmin(admin.ModelAdmin):
     list_display = ("month", "status", "batches", "lines", "created_at", "finished_at")
     list_filter = ("status",)
     readonly_fields = ("error",)
+    inlines = [StatementBatchInline]
 
 
 @admin.register(StatementLine)

@@ -1,17 +1,20 @@
 """Monthly statements as a fan-out: a Celery chord over batches of users.
 
     start_statement_run(run)            on "default": plans the batches, sends the chord
-      ├─ build_statement_batch(...)     on "low", one per batch of users, in parallel
-      ├─ build_statement_batch(...)
+      ├─ build_statement_batch(batch)   on "low", one per batch of users, in parallel
+      ├─ build_statement_batch(batch)
       └─ ...
-    finish_statement_run(counts, run)   on "default": the chord's callback, once every batch succeeded
-    statement_run_failed(..., run)      the callback's errback: a batch failed, the run is FAILED
+    finish_statement_run(run)           on "default": the chord's callback, once every batch succeeded
+    statement_run_failed(..., run)      the callback's errback, instead, when a batch failed
 
 A chord's callback runs only if every task of its header succeeded. If one fails
 (for good: after its retries) the others still run and commit their lines, the
 callback never runs, and the result backend fails the chord with a ChordError and
 calls the callback's errbacks instead. With the Redis result backend this happens
 when the last header task reports in (Redis counts them), in the worker that ran it.
+Either way every batch has reported: the run ends from its batches' rows
+(``StatementRun.settle``), COMPLETED, or PARTIAL naming the batches that failed.
+One batch's failure is that batch's users' alone.
 """
 
 import logging
@@ -21,10 +24,10 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import Count, Sum
-from django.utils import timezone
 
+from ..core.task_base import BaseTask
 from ..exports.models import Transaction
-from .models import StatementLine, StatementRun
+from .models import StatementBatch, StatementLine, StatementRun
 
 logger = logging.getLogger(__name__)
 
@@ -60,18 +63,23 @@ def start_statement_run(run_id: int) -> int:
         logger.info("statements: run %s is not pending (already started, or gone)", run_id)
         return 0
     run = StatementRun.objects.get(pk=run_id)
-    batches = list(user_batches(run, settings.STATEMENT_BATCH_SIZE))
-    # Lines of an earlier build of this month (users may have left the month since).
-    StatementLine.objects.filter(run=run).delete()
-    StatementRun.objects.filter(pk=run.pk).update(batches=len(batches))
+    with transaction.atomic():
+        # Lines and batches of an earlier build of this month (users may have left the month since).
+        StatementLine.objects.filter(run=run).delete()
+        StatementBatch.objects.filter(run=run).delete()
+        batches = StatementBatch.objects.bulk_create(
+            StatementBatch(run=run, first_user_id=first, last_user_id=last)
+            for first, last in user_batches(run, settings.STATEMENT_BATCH_SIZE)
+        )
+        StatementRun.objects.filter(pk=run.pk).update(batches=len(batches))
     if not batches:
-        finish_statement_run([], run.pk)
+        finish_statement_run(run.pk)
         return 0
-    # si(): immutable signatures, each batch gets only its own arguments. The
-    # callback gets the list of the batches' results, then run_id. Its errback
-    # is called instead of it when a batch fails.
-    header = [build_statement_batch.si(run.pk, first, last) for first, last in batches]
-    callback = finish_statement_run.s(run.pk).on_error(statement_run_failed.s(run.pk))
+    # si(): immutable signatures, each task gets only its own arguments: a batch
+    # its row's id, the callback the run's. The errback is called instead of the
+    # callback when a batch fails.
+    header = [build_statement_batch.si(batch.pk) for batch in batches]
+    callback = finish_statement_run.si(run.pk).on_error(statement_run_failed.s(run.pk))
     chord(header)(callback)
     logger.info("statements %s: %s batches sent", run.month, len(batches))
     return len(batches)
@@ -92,34 +100,52 @@ def month_totals(run: StatementRun, first_user_id: int, last_user_id: int):
     )
 
 
-@shared_task
-def build_statement_batch(run_id: int, first_user_id: int, last_user_id: int) -> int:
-    """Write the statement lines of users ``first_user_id``..``last_user_id``; returns how many.
+class StatementBatchTask(BaseTask):
+    """BaseTask, plus: a batch that fails for good says why on its row (the dead letter has the rest)."""
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo):
+        batch_id = args[0] if args else kwargs["batch_id"]
+        StatementBatch.objects.filter(pk=batch_id).exclude(status=StatementBatch.Status.COMPLETED).update(
+            status=StatementBatch.Status.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000]
+        )
+        super().on_failure(exc, task_id, args, kwargs, einfo)
+
+
+@shared_task(base=StatementBatchTask)
+def build_statement_batch(batch_id: int) -> int:
+    """Write the statement lines of the batch's users; returns how many.
 
     Idempotent: the batch's lines are deleted and written again in one
-    transaction, so a redelivered message (a worker killed mid-batch, late acks)
-    or a second build of the month gives the same lines, never twice as many.
+    transaction, with its row marked COMPLETED, so a redelivered message (a
+    worker killed mid-batch, late acks) or a second build of the month gives the
+    same lines, never twice as many. A failed batch replayed from its dead
+    letter after its run ended settles the run again: the last one to succeed
+    completes it.
     """
-    run = StatementRun.objects.filter(pk=run_id).first()
-    if run is None:
-        logger.warning("statements: run %s does not exist", run_id)
+    batch = StatementBatch.objects.select_related("run").filter(pk=batch_id).first()
+    if batch is None:
+        logger.warning("statements: batch %s does not exist (its month was built again since)", batch_id)
         return 0
-    totals = month_totals(run, first_user_id, last_user_id)
+    run, first, last = batch.run, batch.first_user_id, batch.last_user_id
+    totals = month_totals(run, first, last)
     with transaction.atomic():
-        StatementLine.objects.filter(run=run, user_id__gte=first_user_id, user_id__lte=last_user_id).delete()
+        StatementLine.objects.filter(run=run, user_id__gte=first, user_id__lte=last).delete()
         lines = StatementLine.objects.bulk_create(StatementLine(run=run, **row) for row in totals)
+        StatementBatch.objects.filter(pk=batch.pk).update(
+            status=StatementBatch.Status.COMPLETED, lines=len(lines), error=""
+        )
+    # A replay, after the run ended without this batch: no chord waits for it any
+    # more, so it settles the run itself. (A run still building is left to its chord.)
+    StatementRun.settle(run.pk, StatementRun.INCOMPLETE)
     return len(lines)
     # --8<-- [end:batch]
 
 
 # --8<-- [start:callback]
 @shared_task
-def finish_statement_run(line_counts: list[int], run_id: int) -> int:
-    """The chord's callback: every batch succeeded. Mark the run COMPLETED (once)."""
-    StatementRun.objects.filter(pk=run_id, status=StatementRun.Status.RUNNING).update(
-        status=StatementRun.Status.COMPLETED, lines=sum(line_counts), finished_at=timezone.now()
-    )
-    return sum(line_counts)
+def finish_statement_run(run_id: int) -> str | None:
+    """The chord's callback: every batch succeeded. The run is COMPLETED (once)."""
+    return StatementRun.settle(run_id, (StatementRun.Status.RUNNING,))
 
 
 @shared_task
@@ -128,15 +154,15 @@ def statement_run_failed(request, exc, traceback, run_id: int) -> None:
 
     Celery calls it with the failure's request, exception and traceback first
     (here a ChordError naming the batch task that failed), in the worker process
-    that reported the last batch. The failed batch has its own dead letter
-    (core.FailedTask, from BaseTask); the other batches committed their lines.
-    Without this the run would say RUNNING for ever. Fix the cause, then build
-    the month again (``StatementRun.start``): every batch replaces its lines.
+    that reported the last batch. Every batch has reported by then, and the
+    others committed their lines: the run ends PARTIAL, those users' statements
+    done, the failed batches named on the run (FAILED if no batch succeeded).
+    Without this the run would say RUNNING for ever. Each failed batch has its
+    own dead letter (core.FailedTask, from BaseTask); replayed once the cause is
+    fixed, it writes its lines and completes the run (``build_statement_batch``).
     """
-    reason = f"{type(exc).__name__}: {exc}"[:2000]
-    failed = StatementRun.objects.filter(pk=run_id, status__in=StatementRun.ACTIVE).update(
-        status=StatementRun.Status.FAILED, error=reason, finished_at=timezone.now()
-    )
-    if failed:
-        logger.error("statements: run %s failed: %s", run_id, reason)
+    reason = f"{type(exc).__name__}: {exc}"
+    status = StatementRun.settle(run_id, (StatementRun.Status.RUNNING,), reason)
+    if status:
+        logger.error("statements: run %s ended %s: %s", run_id, status, reason)
         # --8<-- [end:callback]

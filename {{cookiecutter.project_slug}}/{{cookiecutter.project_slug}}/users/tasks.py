@@ -5,6 +5,7 @@ from smtplib import SMTPException
 from celery import shared_task
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.forms import PasswordResetForm
 from django.contrib.auth.tokens import default_token_generator
 from django.core.mail import send_mail
 from django.db import transaction
@@ -27,13 +28,19 @@ CLAIM_LEASE = timedelta(seconds=60)
 
 
 @shared_task(autoretry_for=(OSError, SMTPException))
-def send_password_reset_email(user_id: int, request_id: int | None = None) -> str:
-    """Email a password-reset link to user ``user_id``.
+def send_password_reset_email(user_id: int | None, request_id: int | None = None) -> str:
+    """Email a password-reset link to user ``user_id``, or to the accounts of request ``request_id``'s address.
 
-    Routed to "high", whose pool kills it after 30 s. Takes ids and re-reads
-    the user: the row may have changed or gone since the request. A missing or
-    inactive user is logged and the task ends (retrying would not make the user
-    exist). SMTP failures are retried with backoff.
+    Routed to "high", whose pool kills it after 30 s. Takes ids and re-reads:
+    the rows may have changed or gone since the request. A missing or inactive
+    user is logged and the task ends (retrying would not make the user exist).
+    SMTP failures are retried with backoff.
+
+    With ``user_id`` None (the reset form, which does not look accounts up so
+    that its answer and its timing are the same for every address) the accounts
+    are those Django's own form would email: active, with a usable password and
+    that address. Finding none is an answer too: the request is marked done and
+    nothing is sent.
 
     With ``request_id`` the email is sent once per request even if the message is
     delivered twice: the task first claims the request row with one UPDATE, and
@@ -42,14 +49,18 @@ def send_password_reset_email(user_id: int, request_id: int | None = None) -> st
     after SMTP accepted the email and before ``sent_at`` is written can still
     send a second email after the lease: SMTP offers no idempotency key.)
     """
-    User = get_user_model()
-    try:
-        user = User.objects.get(pk=user_id, is_active=True)
-    except User.DoesNotExist:
-        logger.warning("password reset: no active user %s, nothing sent", user_id)
-        return "skipped"
+    if user_id is None and request_id is None:
+        raise TypeError("send_password_reset_email needs a user id or a request id")
+    requests = PasswordResetRequest.objects.filter(pk=request_id, sent_at__isnull=True)
+    if user_id is not None:
+        User = get_user_model()
+        try:
+            users = [User.objects.get(pk=user_id, is_active=True)]
+        except User.DoesNotExist:
+            logger.warning("password reset: no active user %s, nothing sent", user_id)
+            return "skipped"
+        requests = requests.filter(user_id=user_id)
 
-    requests = PasswordResetRequest.objects.filter(pk=request_id, user_id=user_id, sent_at__isnull=True)
     if request_id is not None:
         now = timezone.now()
         claimable = Q(claimed_at__isnull=True) | Q(claimed_at__lt=now - CLAIM_LEASE)
@@ -57,15 +68,26 @@ def send_password_reset_email(user_id: int, request_id: int | None = None) -> st
             logger.info("password reset %s: already sent or being sent", request_id)
             return "already-sent"
 
+    if user_id is None:
+        email = PasswordResetRequest.objects.values_list("email", flat=True).get(pk=request_id)
+        users = list(PasswordResetForm().get_users(email))
+        if not users:
+            requests.update(sent_at=timezone.now())
+            logger.info("password reset %s: no active account has the address, nothing sent", request_id)
+            return "no-account"
+        requests.update(user=users[0])
+
     try:
-        _send(user)
+        for user in users:
+            _send(user)
     except Exception:
         if request_id is not None:
             requests.update(claimed_at=None)  # let the retry claim it
         raise
     if request_id is not None:
         requests.update(sent_at=timezone.now())
-    logger.info("password reset email sent to user %s", user.pk)
+    for user in users:
+        logger.info("password reset email sent to user %s", user.pk)
     return "sent"
     # --8<-- [end:send-password-reset]
 
@@ -98,15 +120,42 @@ def resend_lost_password_resets(dry_run: bool = False) -> list[int]:
         .filter(created_at__lt=now - RESEND_AFTER, created_at__gte=now - RESEND_WITHIN)
         .filter(Q(claimed_at__isnull=True) | Q(claimed_at__lt=now - CLAIM_LEASE))
     )
-    requests = list(lost.values_list("pk", "user_id"))
+    requests = list(lost.values_list("pk", "user_id", "email"))
     if not dry_run:
-        for request_id, user_id in requests:
+        for request_id, user_id, email in requests:
             logger.warning("password reset %s: not sent after %s, sending it again", request_id, RESEND_AFTER)
             with transaction.atomic():  # through the outbox: a broker outage loses nothing here either
                 PasswordResetRequest.objects.filter(pk=request_id).update(resends=F("resends") + 1)
-                outbox.send(send_password_reset_email, user_id, request_id)
-    return [request_id for request_id, _ in requests]
+                # A request made by address is sent by address: to every account that has it.
+                outbox.send(send_password_reset_email, None if email else user_id, request_id)
+    return [request_id for request_id, _, _ in requests]
     # --8<-- [end:resend-lost-resets]
+
+
+# --8<-- [start:prune-password-resets]
+PRUNE_BATCH_SIZE = 10_000
+
+
+@shared_task
+def prune_password_resets(dry_run: bool = False) -> int:
+    """Delete reset requests older than PASSWORD_RESET_RETENTION_DAYS (beat, nightly, on "low"); returns how many.
+
+    Every row holds an address someone typed, an account's or not: it is kept
+    while it helps to answer "did my email go out?", then deleted. By then nothing
+    would send it again (RESEND_WITHIN), and the link in the email never needed
+    it: its token is made from the account's state. Deleted in batches, each its
+    own short transaction, so a first run over years of rows holds no long lock.
+    """
+    cutoff = timezone.now() - timedelta(days=settings.PASSWORD_RESET_RETENTION_DAYS)
+    old = PasswordResetRequest.objects.filter(created_at__lt=cutoff)
+    if dry_run:
+        return old.count()
+    deleted = 0
+    while batch := list(old.values_list("pk", flat=True)[:PRUNE_BATCH_SIZE]):
+        deleted += PasswordResetRequest.objects.filter(pk__in=batch).delete()[0]
+    logger.info("password resets: deleted %s requests made before %s", deleted, cutoff)
+    return deleted
+    # --8<-- [end:prune-password-resets]
 
 
 def _send(user) -> None:

@@ -39,6 +39,8 @@ def test_the_advice_works_word_for_word():
 
     result = check_deploy(f"{advice.group(1)};")
 
-    assert result.returncode == 0, result.stderr
-    # Only the warning a fresh bake is expected to have: no Stripe key yet.
-    assert re.findall(r"\(([\w.]+)\)", result.stderr) == ["payments.W001"], result.stderr
+    assert "Traceback" not in result.stderr
+    # Only what a fresh bake must still set up: payments (no Stripe key yet, and the
+    # sandbox is not allowed in production). An error: a deploy pipeline stops there.
+    assert re.findall(r"\(([\w.]+)\)", result.stderr) == ["payments.E001"], result.stderr
+    assert result.returncode == 1

@@ -8,10 +8,11 @@ import base64
 import logging
 import pickle
 import uuid
+from contextlib import contextmanager
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.db import OperationalError, connections
+from django.db import OperationalError, connection, connections
 from django.urls import reverse
 from kombu import Connection, Exchange, Queue
 from kombu.asynchronous.timer import Timer
@@ -145,6 +146,40 @@ def test_a_database_outage_keeps_the_message_and_requeues_it_later(broker, consu
     redelivered = broker.get()
     assert redelivered.body == b"{oops"
     consumer.on_decode_error(redelivered, DecodeError("bad"))  # the database is back
+    assert PoisonMessage.objects.get().raw_body() == b"{oops"
+
+
+@contextmanager
+def read_only_database():
+    """New sessions of the test database take no writes: what a primary demoted to a standby does."""
+    name = connection.ops.quote_name(connection.settings_dict["NAME"])
+    with connection.cursor() as cursor:
+        cursor.execute(f"ALTER DATABASE {name} SET default_transaction_read_only = on")
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"ALTER DATABASE {name} RESET default_transaction_read_only")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_read_only_database_keeps_the_message_and_it_is_recorded_once_writable(broker, consumer, caplog):
+    """Like an outage, not like a bug: the message is requeued, and recorded on a new connection later."""
+    broker.send(b"{oops", headers={"task": "shop.tasks.pay"})
+    message = broker.get()
+    with read_only_database(), caplog.at_level(logging.CRITICAL, logger=poison.__name__):
+        poison._writer().submit(connections.close_all).result()  # its next session starts read-only
+        consumer.on_decode_error(message, DecodeError("bad"))
+    assert not message.acknowledged  # not dropped
+    assert "the database is unavailable" in caplog.text
+    assert "read-only transaction" in caplog.text
+
+    (entry,) = consumer.timer.queue  # back to the queue after POISON_MESSAGE_REQUEUE_DELAY
+    entry.entry()
+    redelivered = broker.get()
+    # The database takes writes again; the writer's read-only session would not have.
+    consumer.on_decode_error(redelivered, DecodeError("bad"))
+    assert redelivered.acknowledged
     assert PoisonMessage.objects.get().raw_body() == b"{oops"
 
 

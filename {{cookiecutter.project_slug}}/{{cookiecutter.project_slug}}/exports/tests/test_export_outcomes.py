@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.core.management import CommandError, call_command
@@ -309,6 +310,27 @@ def test_bad_dates_are_refused_with_a_clear_error(user, client):
     assert "The first day must not be after the last day." in response.content.decode()
     assert client.post(reverse("exports:start"), {"date_from": "yesterday"}).status_code == 400
     assert not ExportJob.objects.exists()
+
+
+def test_days_no_export_can_name_are_refused_before_any_job_or_dead_letter(user, client):
+    """9999-12-31 once made a job whose task failed on the day after it (an OverflowError), each a dead letter."""
+    client.force_login(user)
+    page = client.get(reverse("exports:list")).content.decode()
+    assert 'min="1900-01-01" max="2999-12-31"' in page  # the date picker's own bounds
+
+    for fields in ({"date_to": "9999-12-31"}, {"date_from": "0001-01-01"}):
+        response = client.post(reverse("exports:start"), fields)
+        assert response.status_code == 400
+        assert "Choose a day from 1900-01-01 to 2999-12-31." in response.content.decode()
+    with pytest.raises(CommandError, match="export refused for 'ada': Choose a day from 1900-01-01 to 2999-12-31"):
+        call_command("export_transactions", user="ada", date_to="9999-12-31")
+    with pytest.raises(CommandError, match="export refused for 'ada': The first day must not be after the last"):
+        call_command("export_transactions", user="ada", date_from="2026-02-01", date_to="2026-01-01")
+    with pytest.raises(ValidationError):  # any other caller
+        ExportJob.request(user, date_to=date.max)
+
+    assert not ExportJob.objects.exists()
+    assert not FailedTask.objects.exists()
 
 
 def test_the_command_refuses_beyond_the_limit_and_reuses_a_running_export(user, capsys, settings):

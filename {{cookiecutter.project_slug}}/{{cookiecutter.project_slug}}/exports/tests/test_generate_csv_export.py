@@ -33,6 +33,13 @@ TRICKY = [
     "\tleading tab",
     "\rleading return",
     "Zürich café ☕",
+    # Where a spreadsheet that splits on ";", tabs or lines would start a cell inside ours:
+    "x;=cmd|' /C calc'!A0",
+    "x\t=cmd|' /C calc'!A0",
+    'Rent; March; "=1+1"',
+    "two\nlines\r\n @SUM(A1:A2)",
+    "\t=a tab, then a formula",
+    "Rent; March - April",  # no formula after a break: unchanged
 ]
 
 
@@ -121,6 +128,33 @@ def test_formula_cells_are_neutralised_and_numbers_kept(user):
     assert descriptions[9] == "'\rleading return"
     assert descriptions[1] == 'He said "hi", twice'  # quoting survives the round trip
     assert rows[0][2] == "-12.50"  # a negative amount is a number, not a formula
+    # A formula after a ";", tab or line break, past spaces and quotes, gets its own apostrophe.
+    assert descriptions[11:] == [
+        "x;'=cmd|' /C calc'!A0",
+        "x\t'=cmd|' /C calc'!A0",
+        'Rent; March; "\'=1+1"',
+        "two\nlines\r\n '@SUM(A1:A2)",
+        "'\t'=a tab, then a formula",
+        "Rent; March - April",
+    ]
+
+
+@pytest.mark.parametrize("separator", [",", ";", "\t"], ids=["comma", "semicolon", "tab"])
+def test_no_cell_is_a_formula_whatever_a_spreadsheet_splits_on(user, separator):
+    """Read as Excel reads a CSV where ";" is the list separator, or a reader told to split on tabs.
+
+    Such a reader honours only quotes that open its cell (as Python's csv module
+    does) and ends a row at any line break: every cell it sees must be text.
+    """
+    add_rows(user)
+    data = export_bytes(user).decode()
+    rows = list(csv.reader(io.StringIO(data, newline=""), delimiter=separator))[1:]
+    if separator == ",":
+        cells = [row[i] for row in rows for i in (3, 4)]  # the text columns (an amount may be negative)
+    else:
+        cells = [cell.lstrip(' "') for row in rows for cell in row]
+    formulas = [cell for cell in cells if cell.startswith(("=", "+", "-", "@"))]
+    assert formulas == []
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="COPY needs Postgres")

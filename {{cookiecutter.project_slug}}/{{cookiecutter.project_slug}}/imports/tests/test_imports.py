@@ -1,18 +1,34 @@
 """Uploads fed to a task: the view stores the file, the task imports it (eagerly here)."""
 
 import io
+import os
+import threading
+from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.db import connection
+from django.core.management import call_command
+from django.db import close_old_connections, connection
+from django.utils import timezone
 
 from {{ cookiecutter.project_slug }}.exports.models import Transaction
+from {{ cookiecutter.project_slug }}.outbox import relay
 from {{ cookiecutter.project_slug }}.outbox.models import OutboxMessage
 
-from ..models import TransactionImport
-from ..tasks import batches, create_rows, process_transaction_import, read_rows, refresh_statistics
+from ..models import TooManyImports, TransactionImport
+from ..tasks import (
+    batches,
+    cleanup_expired_imports,
+    create_rows,
+    process_transaction_import,
+    read_rows,
+    refresh_statistics,
+)
 
 GOOD = (
     "id,created_at,amount,currency,description\r\n"
@@ -42,10 +58,12 @@ def test_an_upload_is_stored_and_imported_after_commit(client_of, user, django_c
         response = client_of.post("/imports/", {"file": csv_file(GOOD)})
 
     assert response.status_code == 302
-    assert len(callbacks) == 1  # the outbox publishes after COMMIT, not before
+    # The outbox publishes after COMMIT, not before; the import, run by it, deletes
+    # the uploaded file after its own COMMIT.
+    assert len(callbacks) == 2
     upload = TransactionImport.objects.get()
     assert (upload.status, upload.rows, upload.error) == (TransactionImport.Status.COMPLETED, 2, "")
-    assert upload.file.name.startswith("imports/")
+    assert upload.file.name == ""  # imported: the upload is gone from storage
     rows = Transaction.objects.filter(user=user).order_by("created_at")
     assert [(row.amount, row.description) for row in rows] == [
         (Decimal("12.50"), "Coffee beans"),
@@ -182,3 +200,90 @@ def test_statistics_are_refreshed_only_when_the_new_rows_are_many_for_the_table(
     # autovacuum's own threshold: 50 rows plus 10% of the table.
     assert not refresh_statistics(Transaction, 249)
     assert refresh_statistics(Transaction, 250)
+
+
+# ------------------------------------------------------------------------------
+# How many imports a user may have waiting, and how long uploads are kept
+# ------------------------------------------------------------------------------
+def uploads_in_storage() -> list[str]:
+    try:
+        return sorted(default_storage.listdir("imports")[1])
+    except FileNotFoundError:
+        return []
+
+
+def test_an_upload_beyond_the_users_limit_is_refused_before_its_file_is_stored(client_of, user, settings):
+    settings.IMPORT_MAX_PENDING_PER_USER = 2
+    # Two uploads whose imports have not run yet (their messages wait in the outbox here).
+    assert client_of.post("/imports/", {"file": csv_file(GOOD)}).status_code == 302
+    assert client_of.post("/imports/", {"file": csv_file(GOOD)}).status_code == 302
+
+    refused = client_of.post("/imports/", {"file": csv_file(GOOD)})
+
+    assert refused.status_code == 429
+    assert "Import not started: you already have 2 imports waiting to run" in refused.content.decode()
+    assert TransactionImport.objects.count() == 2
+    assert len(uploads_in_storage()) == 2  # the refused file was never stored
+    TransactionImport.receive(get_user_model().objects.create_user("bob"), csv_file(GOOD))  # bob's limit is his
+    TransactionImport.objects.filter(user=user).update(status=TransactionImport.Status.COMPLETED)
+    assert client_of.post("/imports/", {"file": csv_file(GOOD)}).status_code == 302  # finished ones do not count
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks need Postgres")
+@pytest.mark.django_db(transaction=True)
+def test_uploads_at_the_same_moment_never_pass_the_limit(user, settings, monkeypatch):
+    settings.IMPORT_MAX_PENDING_PER_USER = 2
+    # Keep the imports waiting: run eagerly here, they would finish (and free the limit) at once.
+    monkeypatch.setattr(relay, "publish_after_commit", lambda message_id: None)
+    barrier, outcomes = threading.Barrier(6), []
+
+    def upload():
+        try:
+            barrier.wait()
+            TransactionImport.receive(user, csv_file(GOOD))
+            outcomes.append("received")
+        except TooManyImports:
+            outcomes.append("refused")
+        finally:
+            close_old_connections()
+
+    threads = [threading.Thread(target=upload) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(outcomes) == ["received"] * 2 + ["refused"] * 4
+    assert TransactionImport.objects.filter(user=user).count() == 2
+
+
+def test_an_uploads_file_is_deleted_once_its_import_has_run(client_of, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        client_of.post("/imports/", {"file": csv_file(GOOD)})
+        client_of.post("/imports/", {"file": csv_file("when,amount\r\n")})
+
+    completed, failed = TransactionImport.objects.order_by("pk")
+    assert (completed.status, failed.status) == (TransactionImport.Status.COMPLETED, TransactionImport.Status.FAILED)
+    assert (completed.file.name, failed.file.name) == ("", "")
+    assert uploads_in_storage() == []
+
+
+def test_cleanup_deletes_old_imports_and_the_files_no_import_names(user, settings, capsys):
+    old = TransactionImport.objects.create(user=user, file=csv_file(GOOD))  # never ran: its message was lost
+    recent = TransactionImport.objects.create(user=user, file=csv_file(GOOD))
+    long_ago = timezone.now() - timedelta(days=settings.IMPORT_RETENTION_DAYS + 1)
+    TransactionImport.objects.filter(pk=old.pk).update(created_at=long_ago)
+    # A file a rolled-back request stored long ago, and one a request is committing right now.
+    orphan = default_storage.save("imports/orphan.csv", ContentFile(b"x"))
+    os.utime(default_storage.path(orphan), (long_ago.timestamp(), long_ago.timestamp()))
+    default_storage.save("imports/committing.csv", ContentFile(b"x"))
+
+    call_command("scheduled", "run", "expired-import-cleanup", "--dry-run")
+    assert f"would act on [{old.pk}]" in capsys.readouterr().out
+    assert len(uploads_in_storage()) == 4
+
+    assert cleanup_expired_imports() == [old.pk]
+    assert list(TransactionImport.objects.values_list("pk", flat=True)) == [recent.pk]
+    assert uploads_in_storage() == sorted(["committing.csv", Path(recent.file.name).name])
+    # Housekeeping waits behind everyday work, not on the export pool with the imports.
+    assert cleanup_expired_imports.app.amqp.router.route({}, cleanup_expired_imports.name)["queue"].name == "low"

@@ -19,7 +19,8 @@ included. What the fake does is what Stripe documents:
   validation are not saved.
 * ``GET /v1/payment_intents/<id>`` and ``POST .../<id>/cancel``.
 * ``GET /v1/payment_intents/search`` with a query of ``metadata['key']:'value'``
-  clauses joined by ``AND`` (Stripe's search query language, that much of it).
+  clauses joined by ``AND``, a quote in a value escaped as ``\\'`` (Stripe's
+  search query language, that much of it).
   ``forget_keys()`` plays the 24 hours after which Stripe forgets idempotency keys.
 * A wrong API key is a 401. ``script(...)`` scripts the next create requests:
   an HTTP error before anything runs (429, 403, 500 ...), a dropped connection
@@ -201,10 +202,10 @@ class FakeStripe:
     def _search(self, query: str) -> tuple[int, dict]:
         wanted = []
         for clause in query.split(" AND "):
-            match = re.fullmatch(r"metadata\['([^']+)'\]:'([^']*)'", clause.strip())
+            match = re.fullmatch(r"metadata\['([^']+)'\]:'((?:[^'\\]|\\')*)'", clause.strip())
             if match is None:
                 return 400, error_body("invalid_request_error", f"Invalid search query: {query}")
-            wanted.append(match.groups())
+            wanted.append((match[1], match[2].replace("\\'", "'")))
         with self.lock:
             found = [
                 dict(intent)

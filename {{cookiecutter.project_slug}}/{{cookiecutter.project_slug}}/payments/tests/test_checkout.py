@@ -72,6 +72,53 @@ def test_a_bad_payment_method_is_a_form_error(client_of):
     assert not Order.objects.exists()
 
 
+@pytest.mark.parametrize("payment_method", ["pm_card_visa\n", "pm_card_bogus", " pm_card_visa"])
+def test_the_sandbox_takes_only_its_test_cards(client_of, payment_method):
+    """Anything else would reach the provider, fail there, and leave a dead letter and an alert."""
+    response = client_of.post(reverse("payments:checkout"), checkout_form(payment_method=payment_method))
+
+    assert response.status_code == 200
+    assert not Order.objects.exists()
+    assert "Pick one of the sandbox&#x27;s test cards." in response.text
+
+
+@pytest.mark.parametrize(
+    ("payment_method", "accepted"),
+    [
+        ("pm_1NvQz2LkdIwHu7ixUEgbFdYF", True),  # as Stripe.js creates them
+        ("pm_1NvQz2LkdIwHu7ixUEgbFdYF\n", False),  # "$" would let the newline through
+        ("pm_card_visa", False),  # a test id for the API, never from the Payment Element
+        ("pm_", False),
+        ("pi_1NvQz2LkdIwHu7ixUEgbFdYF", False),
+        ("pm_1Nv-Qz2", False),
+    ],
+)
+def test_stripe_takes_only_a_payment_method_id(client_of, settings, payment_method, accepted):
+    settings.STRIPE_SECRET_KEY, settings.STRIPE_PUBLISHABLE_KEY = "sk_test_x", "pk_test_x"
+
+    response = client_of.post(reverse("payments:checkout"), checkout_form(payment_method=payment_method))
+
+    assert Order.objects.exists() == accepted
+    if not accepted:
+        assert response.status_code == 200
+        assert "The card form did not complete: enter your card details again." in response.text
+        field = re.search(r'<input type="hidden" name="payment_method"[^>]*>', response.text).group(0)
+        assert "value=" not in field  # empty: the script creates a new one instead of resubmitting it
+
+
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_without_a_payment_provider_checkout_says_so_and_creates_nothing(client_of, settings, method):
+    """Production without a Stripe key, the sandbox not allowed: no pretend payments."""
+    settings.STRIPE_SECRET_KEY, settings.PAYMENTS_ALLOW_SANDBOX = "", False
+
+    response = getattr(client_of, method)(reverse("payments:checkout"), checkout_form())
+
+    assert response.status_code == 503
+    assert "Payments are not available on this site yet" in response.text
+    assert 'id="checkout"' not in response.text
+    assert not Order.objects.exists()
+
+
 def test_the_amount_is_typed_with_its_currency_and_kept_in_cents(client_of):
     page = client_of.get(reverse("payments:checkout")).text
     assert re.search(r'<label for="id_amount">Amount</label>\s*<fieldset role="group" class="amount">', page)

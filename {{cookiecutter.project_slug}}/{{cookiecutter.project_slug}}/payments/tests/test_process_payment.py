@@ -16,8 +16,8 @@ from {{ cookiecutter.project_slug }}.core.models import FailedTask
 
 from .. import tasks
 from ..models import InvalidTransition, Order, SandboxCharge
-from ..providers import ProviderTimeout, SandboxProvider
-from ..tasks import process_payment
+from ..providers import PaymentsNotConfigured, ProviderTimeout, SandboxProvider
+from ..tasks import process_payment, reconcile_stuck_payments
 
 
 def checkout_form(**fields) -> dict:
@@ -59,6 +59,21 @@ def test_a_lost_commit_does_not_charge_twice(order):
 
     assert process_payment(order.pk) == "paid"
 
+    assert SandboxCharge.objects.count() == 1
+
+
+def test_an_earlier_charge_for_another_amount_does_not_pay_the_order(order, eager_retries):
+    """The key returns the first charge, but the order's amount was changed by hand since: a person decides."""
+    process_payment(order.pk)
+    Order.objects.filter(pk=order.pk).update(status=Order.Status.PROCESSING, charge_id="", amount_cents=100_000)
+
+    assert process_payment.apply((order.pk,), throw=False).failed()
+
+    order.refresh_from_db()
+    assert (order.status, order.charge_id) == (Order.Status.FAILED, "")
+    (dead_letter,) = FailedTask.objects.all()
+    assert dead_letter.exception_type.endswith(".tasks.PaymentMismatch")
+    assert "is 42.00 EUR, the order 1000.00 EUR" in dead_letter.exception_message
     assert SandboxCharge.objects.count() == 1
 
 
@@ -203,13 +218,53 @@ def test_provider_timeout_is_retryable():
     assert ProviderTimeout in process_payment.autoretry_for
 
 
-def test_deploy_check_warns_when_production_would_charge_the_sandbox(settings):
+def test_deploy_check_fails_without_a_provider_and_warns_about_an_allowed_sandbox(settings):
+    from django.core import checks
+
     from ..checks import check_payment_provider
 
-    settings.STRIPE_SECRET_KEY, settings.PAYMENTS_ALLOW_SANDBOX = "", False
-    assert [warning.id for warning in check_payment_provider(None)] == ["payments.W001"]
+    settings.STRIPE_SECRET_KEY, settings.PAYMENTS_ALLOW_SANDBOX = "", False  # production's default
+    (error,) = check_payment_provider(None)
+    assert (error.id, error.level) == ("payments.E001", checks.ERROR)
+    assert "checkout refuses every order" in error.msg
+    settings.PAYMENTS_ALLOW_SANDBOX = True  # a staging site, on purpose: said on every deploy
+    (warning,) = check_payment_provider(None)
+    assert (warning.id, warning.level) == ("payments.W001", checks.WARNING)
+    assert "no money is taken" in warning.msg
     settings.STRIPE_SECRET_KEY = "sk_live_x"
     assert check_payment_provider(None) == []
+
+
+def test_without_a_provider_a_payment_charges_nothing_and_waits_for_one(order, settings, caplog):
+    """Production without a Stripe key, the sandbox not allowed: no pretend charge, no
+    dead letter per cycle. The task fails (its one dead letter replays the payment once
+    payments are configured), the order stays as it was, reconciliation sends nothing."""
+    settings.STRIPE_SECRET_KEY, settings.PAYMENTS_ALLOW_SANDBOX = "", False
+
+    with pytest.raises(PaymentsNotConfigured, match="PAYMENTS_ALLOW_SANDBOX=true"):
+        process_payment(order.pk)
+
+    order.refresh_from_db()
+    assert (order.status, order.payment_attempts, order.charge_id) == (Order.Status.PENDING, 0, "")
+    assert not SandboxCharge.objects.exists()
+    Order.objects.filter(pk=order.pk).update(updated_at=timezone.now() - timedelta(hours=1))
+    assert reconcile_stuck_payments() == []
+    assert "Payments are not configured" in caplog.text
+
+    settings.PAYMENTS_ALLOW_SANDBOX = True  # configured (a restart later): the replay pays
+    assert process_payment(order.pk) == "paid"
+
+
+def test_startup_says_when_payments_are_not_configured(settings, caplog):
+    from django.apps import apps
+
+    apps.get_app_config("payments").ready()
+    assert "Payments are not configured" not in caplog.text  # the sandbox, in tests
+
+    settings.STRIPE_SECRET_KEY, settings.PAYMENTS_ALLOW_SANDBOX = "", False
+    apps.get_app_config("payments").ready()
+    (record,) = [record for record in caplog.records if "Payments are not configured" in record.message]
+    assert record.levelname == "ERROR"
 
 
 def test_deploy_check_warns_when_stripe_webhooks_cannot_be_verified(settings):
@@ -276,16 +331,9 @@ def test_sandbox_3d_secure_failed_fails_the_order(user, client, django_capture_o
     assert not SandboxCharge.objects.exists()
 
 
-@pytest.mark.parametrize(
-    ("payment_method", "plan", "message"),
-    [("pm_card_bogus", (), "No such PaymentMethod"), ("pm_card_visa", ("reject",), "400 invalid request")],
-    ids=["unknown-payment-method", "scripted"],
-)
-def test_a_refused_request_fails_the_order_for_good_with_one_dead_letter(
-    user, sandbox, eager_retries, payment_method, plan, message
-):
-    order = Order.objects.create(user=user, amount_cents=4200, payment_method=payment_method)
-    sandbox.plan(order.idempotency_key, *plan)
+def test_a_refused_request_fails_the_order_for_good_with_one_dead_letter(user, sandbox, eager_retries):
+    order = Order.objects.create(user=user, amount_cents=4200, payment_method="pm_card_visa")
+    sandbox.plan(order.idempotency_key, "reject")  # as for a bug of ours: an invalid request
 
     assert process_payment.apply((order.pk,), throw=False).failed()
 
@@ -294,5 +342,60 @@ def test_a_refused_request_fails_the_order_for_good_with_one_dead_letter(
     assert order.payment_attempts == 1  # not retried
     failed = FailedTask.objects.get()
     assert failed.exception_type.endswith("PaymentRejected")
-    assert message in failed.exception_message
+    assert "400 invalid request" in failed.exception_message
     assert not SandboxCharge.objects.exists()
+
+
+def test_an_unknown_payment_method_fails_the_order_without_a_dead_letter(user, sandbox, eager_retries, caplog):
+    """The customer's input (say, a made-up id posted past the form): their problem, like a
+    decline, not an operator's alert. Stripe's "No such PaymentMethod" is answered alike."""
+    order = Order.objects.create(user=user, amount_cents=4200, payment_method="pm_card_bogus")
+
+    assert process_payment.apply((order.pk,), throw=False).get() == "payment-method-refused"
+
+    order.refresh_from_db()
+    assert (order.status, order.payment_attempts) == (Order.Status.FAILED, 1)
+    assert "payment method could not be used" in order.failure_reason
+    assert not FailedTask.objects.exists()
+    assert not SandboxCharge.objects.exists()
+    assert "No such PaymentMethod: 'pm_card_bogus'" in caplog.text  # the detail, for whoever looks
+
+
+@pytest.mark.parametrize("result", ["succeed", "fail"])
+def test_a_settled_3d_secure_page_posted_again_shows_the_order(
+    user, client, django_capture_on_commit_callbacks, result
+):
+    """A second POST of the sandbox's bank page (the back button, a tab left open for a day,
+    by when the sandbox forgot the payment it held for authentication) is not a 500."""
+    order = Order.objects.create(user=user, amount_cents=4200, payment_method="pm_card_threeDSecure2Required")
+    process_payment(order.pk)
+    order.refresh_from_db()
+    page = order.next_action_url
+    client.force_login(user)
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(page, {"result": result})
+    order.refresh_from_db()
+    settled = order.status
+    assert settled in (Order.Status.PAID, Order.Status.FAILED)
+    SandboxProvider().redis.delete(f"payments:sandbox:intent:{order.charge_id}")  # a day later
+
+    for again in ("succeed", "fail"):
+        with django_capture_on_commit_callbacks(execute=True):
+            response = client.post(page, {"result": again})
+        assert (response.status_code, response.url) == (302, reverse("payments:order", args=[order.pk]))
+    assert client.get(page).url == reverse("payments:order", args=[order.pk])
+
+    order.refresh_from_db()
+    assert order.status == settled
+    assert SandboxCharge.objects.count() == (1 if result == "succeed" else 0)
+
+
+def test_the_sandbox_answers_a_settled_authentication_from_its_ledger(order, sandbox):
+    order.payment_method = "pm_card_threeDSecure2Required"
+    order.save()
+    process_payment(order.pk)
+    order.refresh_from_db()
+    sandbox.authenticate(order.charge_id, succeed=True)
+    sandbox.redis.delete(f"payments:sandbox:intent:{order.charge_id}")  # forgotten after PENDING_TTL
+
+    assert sandbox.authenticate(order.charge_id, succeed=False).provider_status == "succeeded"

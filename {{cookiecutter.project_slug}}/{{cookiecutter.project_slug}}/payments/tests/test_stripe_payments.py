@@ -2,6 +2,7 @@
 client, and the fake Stripe of fake_stripe.py over HTTP (eager tasks; real workers in
 tests/test_payments_integration.py)."""
 
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -14,7 +15,7 @@ from {{ cookiecutter.project_slug }}.core.models import FailedTask
 
 from ..models import Order
 from ..providers import get_provider
-from ..tasks import process_payment
+from ..tasks import payment_metadata, process_payment, sync_payment
 from ..tasks import reconcile_stuck_payments as reconcile_task
 from .fake_stripe import sign
 
@@ -132,6 +133,22 @@ def test_a_decline_fails_the_order_with_the_reason_and_no_dead_letter(order_with
     order = refreshed(order)
     assert (order.status, order.failure_reason) == (Order.Status.FAILED, "Your card was declined.")
     assert not FailedTask.objects.exists()
+
+
+def test_a_made_up_payment_method_fails_the_order_without_a_dead_letter(order_with, stripe_payments, eager_retries):
+    """Well-formed, so the form let it through, but no PaymentMethod of the account: Stripe's
+    400 "No such PaymentMethod" is the customer's input refused, not an operator's alert."""
+    order = order_with("pm_1MadeUpByTheCustomer0000")
+
+    assert process_payment.apply((order.pk,), throw=False).get() == "payment-method-refused"
+
+    order = refreshed(order)
+    assert (order.status, order.payment_attempts) == (Order.Status.FAILED, 1)
+    assert "payment method could not be used" in order.failure_reason
+    assert not FailedTask.objects.exists()
+    age(order, hours=1)
+    assert reconcile_stuck_payments() == []  # settled: never sent again
+    assert stripe_payments.creates() == 0
 
 
 # --8<-- [start:webhook-signature]
@@ -257,7 +274,7 @@ def reused_key_with_other_parameters(order, fake):
 @pytest.mark.parametrize(
     ("setup", "error"),
     [
-        (lambda order, fake: Order.objects.filter(pk=order.pk).update(payment_method="pm_unknown"), "InvalidRequest"),
+        (lambda order, fake: fake.script(("http", 400, "invalid_request_error", "Invalid amount")), "InvalidRequest"),
         (lambda order, fake: fake.script(("http", 403, "invalid_request_error", "Not allowed")), "PermissionError"),
         (reused_key_with_other_parameters, "IdempotencyError"),
         ("revoked-key", "AuthenticationError"),
@@ -409,7 +426,7 @@ def test_a_payment_sent_again_after_stripe_forgot_its_key_finds_the_first_paymen
         currency=order.currency,
         idempotency_key=str(order.idempotency_key),
         payment_method=order.payment_method,
-        metadata={"order_id": str(order.pk)},
+        metadata=payment_metadata(order),
     )
     Order.objects.filter(pk=order.pk).update(
         status=Order.Status.PROCESSING,
@@ -438,3 +455,141 @@ def test_a_payment_past_the_window_that_never_reached_stripe_is_charged(order_wi
     assert stripe_payments.creates() == 1
     paths = [request["path"] for request in stripe_payments.requests]
     assert sum(path.startswith("/v1/payment_intents/search") for path in paths) == 1  # it looked first
+
+
+# ------------------------------------------------------------------------------
+# Whose payment: only this site's payment of the order, for its amount and
+# currency, pays it. Another site on the same Stripe account has orders with the
+# same ids.
+# ------------------------------------------------------------------------------
+def test_every_payment_names_the_order_and_this_site(order_with, stripe_payments, settings):
+    order = order_with()
+
+    process_payment(order.pk)
+
+    (sent,) = stripe_payments.requests
+    assert sent["params"]["metadata[order_id]"] == str(order.pk)
+    assert sent["params"]["metadata[site]"] == settings.PAYMENTS_SITE_ID
+
+
+def intent_naming(order, *, site: str | None = "ours", amount_cents: int = 4200, currency: str = "EUR") -> str:
+    """A succeeded PaymentIntent on the same Stripe account whose metadata names ``order``; its id.
+
+    ``site``: "ours" (PAYMENTS_SITE_ID), another site's id, or None (no site at all).
+    """
+    from django.conf import settings
+
+    metadata = {"order_id": str(order.pk)}
+    if site is not None:
+        metadata["site"] = settings.PAYMENTS_SITE_ID if site == "ours" else site
+    charge = get_provider().charge(
+        amount_cents=amount_cents,
+        currency=currency,
+        idempotency_key=str(uuid.uuid4()),  # not the order's key: somebody else's request
+        payment_method="pm_card_visa",
+        metadata=metadata,
+    )
+    return charge.id
+
+
+def answer_lost(order):
+    """process_payment sent the order and never heard back: PROCESSING, no PaymentIntent id."""
+    Order.objects.filter(pk=order.pk).update(status=Order.Status.PROCESSING, payment_attempts=1)
+    return refreshed(order)
+
+
+def past_the_window(order, settings):
+    """A payment sent two days ago, and its answer lost: Stripe has forgotten its key."""
+    Order.objects.filter(pk=order.pk).update(
+        status=Order.Status.PROCESSING,
+        payment_attempts=1,
+        created_at=timezone.now() - timedelta(hours=settings.PAYMENT_IDEMPOTENCY_WINDOW_HOURS + 48),
+    )
+
+
+# --8<-- [start:foreign-payment]
+@pytest.mark.parametrize("site", ["another-shop.example", None], ids=["another-site", "no-site"])
+def test_a_payment_intent_of_another_site_for_the_same_order_id_pays_nothing(
+    order_with, stripe_payments, client, site
+):
+    """Another shop on our Stripe account took 0.50 USD for *its* order with our order's id."""
+    order = answer_lost(order_with())
+    theirs = intent_naming(order, site=site, amount_cents=50, currency="USD")
+
+    assert post_event(client, *stripe_payments.event("payment_intent.succeeded", theirs)).status_code == 204
+
+    assert (refreshed(order).status, refreshed(order).charge_id) == (Order.Status.PROCESSING, "")  # not adopted
+    assert not FailedTask.objects.exists()  # not ours: nothing for an operator either
+    age(order, minutes=30)
+    assert reconcile_stuck_payments() == [order.pk]  # sent again, with our key: our own payment
+    order = refreshed(order)
+    assert (order.status, stripe_payments.intents[order.charge_id]["amount"]) == (Order.Status.PAID, 4200)
+    # --8<-- [end:foreign-payment]
+
+
+def test_a_payment_sent_again_after_stripe_forgot_its_key_ignores_another_sites_payment_intent(
+    order_with, stripe_payments, settings
+):
+    order = order_with()
+    theirs = intent_naming(order, site="another-shop.example", amount_cents=50, currency="USD")
+    past_the_window(order, settings)
+
+    assert process_payment(order.pk) == "paid"
+
+    order = refreshed(order)
+    assert order.charge_id != theirs
+    assert stripe_payments.intents[order.charge_id]["amount"] == 4200
+    assert stripe_payments.creates() == 2  # theirs, and ours
+
+
+@pytest.mark.parametrize(("amount_cents", "currency"), [(50, "EUR"), (4200, "USD")], ids=["amount", "currency"])
+def test_our_payment_intent_for_another_amount_or_currency_is_refused_by_the_webhook_with_a_dead_letter(
+    order_with, stripe_payments, client, caplog, amount_cents, currency
+):
+    order = answer_lost(order_with())
+    wrong = intent_naming(order, amount_cents=amount_cents, currency=currency)
+    event = stripe_payments.event("payment_intent.succeeded", wrong)
+
+    assert [post_event(client, *event).status_code for _ in range(2)] == [204, 204]  # 2xx: Stripe must not retry
+
+    assert (refreshed(order).status, refreshed(order).charge_id) == (Order.Status.PROCESSING, "")
+    (dead_letter,) = FailedTask.objects.all()  # one, however often Stripe tells us
+    assert dead_letter.exception_type.endswith(".PaymentMismatch")
+    paid = f"{amount_cents / 100:.2f} {currency}"
+    assert f"payment {wrong} is {paid}, the order 42.00 EUR" in dead_letter.exception_message
+    assert caplog.text.count("not accepted (dead letter)") == 1
+
+
+def test_a_payment_sent_again_late_that_finds_ours_for_another_amount_fails_the_order_with_a_dead_letter(
+    order_with, stripe_payments, settings, eager_retries
+):
+    order = order_with()
+    wrong = intent_naming(order, amount_cents=50, currency="USD")
+    past_the_window(order, settings)
+
+    assert process_payment.apply((order.pk,), throw=False).failed()
+
+    order = refreshed(order)
+    assert (order.status, order.paid_at, order.charge_id) == (Order.Status.FAILED, None, "")
+    assert "could not be verified" in order.failure_reason
+    (dead_letter,) = FailedTask.objects.all()
+    assert dead_letter.task_name == process_payment.name
+    assert dead_letter.exception_type.endswith(".tasks.PaymentMismatch")
+    assert f"payment {wrong} is 0.50 USD, the order 42.00 EUR" in dead_letter.exception_message
+    assert stripe_payments.creates() == 1  # not charged again either: a person decides
+
+
+def test_a_polled_payment_for_another_amount_than_the_orders_fails_it_with_a_dead_letter(
+    order_with, stripe_payments, eager_retries
+):
+    """Ours by the PaymentIntent id the order holds, but the order's amount was changed by hand since."""
+    order = order_with("pm_card_threeDSecure2Required")
+    process_payment(order.pk)
+    Order.objects.filter(pk=order.pk).update(amount_cents=100_000)
+    stripe_payments.finish_action(refreshed(order).charge_id)
+
+    assert sync_payment.apply((order.pk,), throw=False).failed()
+
+    assert refreshed(order).status == Order.Status.FAILED
+    (dead_letter,) = FailedTask.objects.all()
+    assert "is 42.00 EUR, the order 1000.00 EUR" in dead_letter.exception_message

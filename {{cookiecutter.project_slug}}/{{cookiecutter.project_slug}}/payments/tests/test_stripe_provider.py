@@ -5,6 +5,7 @@ import pytest
 from ..providers import (
     CardDeclined,
     Outcome,
+    PaymentMethodRefused,
     PaymentRejected,
     ProviderTimeout,
     ProviderUnavailable,
@@ -36,6 +37,17 @@ def test_charge_sends_the_idempotency_key_and_amount(provider, fake_stripe):
     assert sent["params"]["metadata[order_id]"] == "7"
 
 
+def test_find_returns_only_a_payment_intent_with_all_the_metadata(provider, fake_stripe):
+    charge(provider, key="theirs", metadata={"order_id": "7", "site": "another-shop.example"})
+    charge(provider, key="nobodys", metadata={"order_id": "7"})
+    assert provider.find(idempotency_key="ours", metadata={"order_id": "7", "site": "o'shop.example"}) is None
+
+    ours = charge(provider, key="ours", metadata={"order_id": "7", "site": "o'shop.example"})  # a quote, escaped
+
+    found = provider.find(idempotency_key="ours", metadata={"order_id": "7", "site": "o'shop.example"})
+    assert (found.id, found.metadata) == (ours.id, {"order_id": "7", "site": "o'shop.example"})
+
+
 def test_a_repeated_key_returns_the_same_payment_intent(provider, fake_stripe):
     first, again = charge(provider), charge(provider)
 
@@ -62,10 +74,21 @@ def test_the_same_key_with_other_parameters_is_refused_for_good(provider, fake_s
         ("pm_card_visa", ("http", 503, "api_error", "Service unavailable"), ProviderUnavailable),
         ("pm_card_visa", ("drop",), ProviderTimeout),
         ("pm_card_visa", ("drop_after_create",), ProviderTimeout),
-        ("pm_card_nonexistent", None, PaymentRejected),  # 400 invalid_request_error
+        ("pm_card_nonexistent", None, PaymentMethodRefused),  # 400 resource_missing, param payment_method
+        ("pm_card_visa", ("http", 400, "invalid_request_error", "Invalid currency: eur2"), PaymentRejected),
         ("pm_card_visa", ("http", 403, "invalid_request_error", "The key may not do this"), PaymentRejected),
     ],
-    ids=["declined", "rate-limited", "500", "503", "connection-lost", "lost-after-create", "invalid", "forbidden"],
+    ids=[
+        "declined",
+        "rate-limited",
+        "500",
+        "503",
+        "connection-lost",
+        "lost-after-create",
+        "no-such-payment-method",
+        "invalid",
+        "forbidden",
+    ],
 )
 def test_stripe_errors_map_to_what_the_task_may_do(provider, fake_stripe, payment_method, fault, error):
     if fault:

@@ -27,9 +27,11 @@ class Command(BaseCommand):
         if not include_replayed:
             failed = failed.filter(replayed_at__isnull=True)
         for row in failed:
+            failure = f" (failure {row.failure})" if row.failure > 1 else ""
+            cut = f" (cut: {row.arguments_size} bytes in all, not replayable)" if row.arguments_truncated else ""
             self.stdout.write(
-                f"{row.pk}\t{row.failed_at:%Y-%m-%d %H:%M:%S}\t{row.task_name}\t"
-                f"args={row.args} kwargs={row.kwargs}\t{row.exception_type}: {row.exception_message}"
+                f"{row.pk}\t{row.failed_at:%Y-%m-%d %H:%M:%S}\t{row.task_name}\tid={row.task_id}{failure}\t"
+                f"args={row.args} kwargs={row.kwargs}{cut}\t{row.exception_type}: {row.exception_message}"
             )
 
     def replay(self, ids, everything):
@@ -41,5 +43,11 @@ class Command(BaseCommand):
         missing = set(ids) - set(failed.values_list("pk", flat=True))
         if missing:
             raise CommandError(f"no FailedTask with id {', '.join(map(str, sorted(missing)))}")
+        refused = []
         for row in failed:
-            self.stdout.write(f"{row.pk}\t{row.task_name}\treplayed as {row.replay()}")
+            try:
+                self.stdout.write(f"{row.pk}\t{row.task_name}\treplayed as {row.replay()}")
+            except ValueError as error:  # its arguments were cut: a replay would send others
+                refused.append(f"{row.pk}: {error}")
+        if refused:
+            raise CommandError("not replayed:\n" + "\n".join(refused))

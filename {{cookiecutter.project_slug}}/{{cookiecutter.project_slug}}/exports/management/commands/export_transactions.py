@@ -2,6 +2,7 @@ import time
 from datetime import date
 
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from ...models import ExportJob, TooManyExports
@@ -29,12 +30,12 @@ class Command(BaseCommand):
         if owner is None:
             raise CommandError(f"no user named {user!r}")
         date_from, date_to = (day(value) if value else None for value in (date_from, date_to))
-        if date_from and date_to and date_from > date_to:
-            raise CommandError("--from must not be after --to")
         try:
-            # The same rules as the web page: a per-user limit, and the export
-            # already under way with the same parameters is reused, not doubled.
+            # The same rules as the web page: the days it accepts, a per-user limit,
+            # and the export already under way with the same parameters is reused.
             job, created = ExportJob.request(owner, date_from=date_from, date_to=date_to)
+        except ValidationError as refusal:
+            raise CommandError(f"export refused for {user!r}: {' '.join(refusal.messages)}") from None
         except TooManyExports as refusal:
             raise CommandError(f"export refused for {user!r}: {refusal}") from None
         if not created:
