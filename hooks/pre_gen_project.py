@@ -44,7 +44,7 @@ PROJECT_NAMES = {
 DEPENDENCY_MODULES = {
     "amqp", "annotated_doc", "annotated_types", "anyio", "arrow", "asgiref", "attr", "attrs", "billiard",
     "binaryornot", "boto3", "botocore", "celery", "certifi", "cfgv", "charset_normalizer", "click",
-    "click_didyoumean", "click_plugins", "click_repl", "cookiecutter", "cron_descriptor", "cronlog", "crontab",
+    "click_didyoumean", "click_plugins", "click_repl", "cookiecutter", "cron_descriptor", "cronlog", "crontab", "csp",
     "crontabs", "cruft", "dateutil", "distlib", "django", "django_celery_beat", "environ", "filelock", "flower",
     "git", "gitdb", "google", "greenlet", "gunicorn", "hiredis", "honcho", "humanize", "identify", "idna",
     "importlib_resources", "iniconfig", "jinja2", "jmespath", "jsonschema", "jsonschema_specifications", "kombu",

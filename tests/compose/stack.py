@@ -134,10 +134,10 @@ class Stack:
             "--profile", "*", "down", "--volumes", "--remove-orphans", "--timeout", "20", timeout=300, check=False
         )
 
-    def logs(self, tail: int = 80) -> str:
+    def logs(self, tail: int = 80, *services: str) -> str:
         # Not through compose(): that attaches these logs to its own errors.
         result = subprocess.run(
-            self.command("logs", "--no-color", "--tail", str(tail)),
+            self.command("logs", "--no-color", "--tail", str(tail), *services),
             cwd=self.path,
             env=os.environ | self.env,
             capture_output=True,

@@ -317,10 +317,14 @@ def test_redis_restart_during_payments_loses_and_doubles_nothing(stack):
 
     stack.compose("restart", "redis")  # append-only file: queued and unacked messages survive
 
-    final = wait_until(
-        lambda: (s := stack.action("payments-status", orders=json.dumps(orders)))["paid"] == len(orders) and s,
-        300,
-        "every order paid after the Redis restart",
-        interval=3,
-    )
+    try:
+        final = wait_until(
+            lambda: (s := stack.action("payments-status", orders=json.dumps(orders)))["paid"] == len(orders) and s,
+            300,
+            "every order paid after the Redis restart",
+            interval=3,
+        )
+    except AssertionError as timeout:  # where the payments stand, and what the payment pool said
+        status = stack.action("payments-status", orders=json.dumps(orders))
+        raise AssertionError(f"{timeout}: {status}\n{stack.logs(200, 'worker-high')}") from None
     assert final["charges"] == final["charged_keys"] == len(orders)  # each charged exactly once

@@ -97,6 +97,22 @@ def broker_url():
     return url
 
 
+def publish_raw(queue_name: str, body: bytes, content_type: str, headers: dict, encoding: str = "utf-8") -> None:
+    """Put a message on a task queue exactly as given: no serializer, no Celery in between
+    (a misconfigured or out-of-date producer, a poison message)."""
+    queue = celery_app.amqp.queues[queue_name]
+    with celery_app.connection_for_write() as connection:
+        connection.Producer().publish(
+            body,
+            exchange=queue.exchange,
+            routing_key=queue.routing_key,
+            declare=[queue],
+            headers=headers,
+            content_type=content_type,
+            content_encoding=encoding,
+        )
+
+
 def start_process(name: str, env: dict[str, str], log: Path) -> subprocess.Popen:
     """Run the Procfile line ``name`` the way honcho does: through a shell, from the project root."""
     return subprocess.Popen(

@@ -19,28 +19,11 @@ from {{ cookiecutter.project_slug }}.core.models import PoisonMessage
 from {{ cookiecutter.project_slug }}.payments.models import Order
 from {{ cookiecutter.project_slug }}.payments.tasks import process_payment
 
-from .conftest import wait_for
+from .conftest import publish_raw, wait_for
 
 pytestmark = pytest.mark.integration
 app = process_payment.app
 TIMEOUT = 60
-
-
-# --8<-- [start:publish-raw]
-def publish_raw(queue_name: str, body: bytes, content_type: str, headers: dict, encoding: str = "utf-8") -> None:
-    """Put a message on a task queue exactly as given: no serializer, no Celery in between."""
-    queue = app.amqp.queues[queue_name]
-    with app.connection_for_write() as connection:
-        connection.Producer().publish(
-            body,
-            exchange=queue.exchange,
-            routing_key=queue.routing_key,
-            declare=[queue],
-            headers=headers,
-            content_type=content_type,
-            content_encoding=encoding,
-        )
-        # --8<-- [end:publish-raw]
 
 
 def task_headers(name: str) -> dict:

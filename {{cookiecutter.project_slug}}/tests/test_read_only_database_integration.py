@@ -7,6 +7,7 @@ passes like an outage: a task that meets it is retried, on a new connection.
 """
 
 import signal
+from datetime import datetime
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -30,49 +31,58 @@ def set_read_only(on: bool) -> None:
         cursor.execute(f"ALTER DATABASE {name} {setting}")
 
 
-def end_worker_sessions() -> None:
-    """End every session of the test database but this test's: the pools' next ones are new."""
+def clock() -> datetime:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT clock_timestamp()")
+        return cursor.fetchone()[0]
+
+
+def end_sessions_opened_since(moment: datetime) -> None:
+    """End the sessions of the test database opened since ``moment`` (read-only ones), but this test's.
+
+    Only those: the other sessions of this process (the live server's, other
+    asyncio contexts') and of the other pools were opened before, and stay usable.
+    """
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_start >= %s",
+            [moment],
         )
 
 
 @pytest.fixture
-def one_payment_process(live_celery):
-    """worker-high with a single process, so that the retry runs where the read-only session was."""
+def demoted(live_celery):
+    """The demotion: worker-high, with a single process, starts while every new session of
+    the test database takes no writes; its process's connection is one of them."""
     live_celery.kill("worker-high", signal.SIGTERM, timeout=90)
+    since = clock()
+    set_read_only(True)
     try:
         live_celery.restart("worker-high", WORKER_HIGH_CONCURRENCY="1")
         yield live_celery
     finally:
+        set_read_only(False)
         try:
             live_celery.kill("worker-high", signal.SIGTERM, timeout=90)
         finally:
+            end_sessions_opened_since(since)  # none left that opened while it was read-only
             live_celery.restart("worker-high")  # the next tests need the pool as it was
 
 
-def test_a_payment_during_a_demotion_is_retried_and_paid_once_the_database_takes_writes(one_payment_process):
-    user = get_user_model().objects.create_user("standby", "standby@example.com", "pw")
+def test_a_payment_during_a_demotion_is_retried_and_paid_once_the_database_takes_writes(demoted):
+    user = get_user_model().objects.create_user("standby", "standby@example.com", "pw")  # this session writes
     order = Order.objects.create(user=user, amount_cents=4200)
-    try:
-        # The demotion: the pool's connections are cut, and the next ones reach a server that takes no writes.
-        set_read_only(True)
-        end_worker_sessions()
-        result = process_payment.delay(order.pk)
-        wait_for(lambda: result.state == "RETRY", TIMEOUT, "the retry after the refused write", interval=0.02)
-        # Writable again, but only for new sessions, as after a promotion: the pool's
-        # process must drop the read-only one it holds (its health check finds it usable).
-        set_read_only(False)
+    result = process_payment.delay(order.pk)
+    wait_for(lambda: result.state == "RETRY", TIMEOUT, "the retry after the refused write", interval=0.02)
+    # Writable again, but only for new sessions, as after a promotion: the pool's
+    # process must drop the read-only one it holds (its health check finds it usable).
+    set_read_only(False)
 
-        assert result.get(timeout=TIMEOUT) == "paid"
-    finally:
-        set_read_only(False)
-        end_worker_sessions()  # none left that opened while it was read-only
+    assert result.get(timeout=TIMEOUT) == "paid"
     assert result.retries >= 1
     order.refresh_from_db()
     assert order.status == Order.Status.PAID
     assert SandboxCharge.objects.count() == 1
     assert not FailedTask.objects.exists()
-    assert "database unavailable, retrying" in one_payment_process.log("worker-high")
+    assert "database unavailable, retrying" in demoted.log("worker-high")

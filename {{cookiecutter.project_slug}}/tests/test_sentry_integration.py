@@ -19,7 +19,7 @@ from django_celery_beat.schedulers import ModelEntry
 
 from config.celery_app import app as celery_app
 
-from .conftest import start_process, stop_processes, wait_for
+from .conftest import publish_raw, start_process, stop_processes, wait_for
 
 pytestmark = pytest.mark.integration
 pytest_plugins = ["tests.sentry_ingest"]  # the ingest fixture
@@ -105,17 +105,7 @@ def test_a_poison_message_reaches_sentry_without_its_body(sentry_pools, ingest):
     task_id = str(uuid.uuid4())
     body = json.dumps([[17, *SECRETS.values()], {"note": SECRETS["customer_email"]}, {}]).encode()
     headers = {"lang": "py", "task": "tests.sentry_tasks.refund_card", "id": task_id, "root_id": task_id}
-    queue = celery_app.amqp.queues["high"]
-    with celery_app.connection_for_write() as connection:
-        connection.Producer().publish(
-            body,
-            exchange=queue.exchange,
-            routing_key=queue.routing_key,
-            declare=[queue],
-            headers=headers,
-            content_type="application/json",
-            content_encoding="utf-8",
-        )
+    publish_raw("high", body, "application/json", headers)
 
     def logged(template: str):
         return lambda: [e for e in ingest.events() if e.get("logentry", {}).get("message", "").startswith(template)]

@@ -6,6 +6,7 @@ import redis
 from celery import shared_task
 from django.conf import settings
 from django.contrib.sessions.models import Session
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from config import topology
@@ -45,6 +46,17 @@ def probe_queue_latency(queue: str, sent_at: float) -> float:
         logger.error("queue %s breached its SLA: waited %.3fs (SLA %.1fs)", queue, waited, sla)
     return waited
     # --8<-- [end:canary]
+
+
+def delete_in_batches(rows: QuerySet, batch_size: int) -> int:
+    """Delete ``rows`` ``batch_size`` at a time, each batch a short statement of its own; how many.
+
+    A first nightly run over years of rows then holds no long lock on the table.
+    """
+    deleted = 0
+    while batch := list(rows.values_list("pk", flat=True)[:batch_size]):
+        deleted += rows.model.objects.filter(pk__in=batch).delete()[0]
+    return deleted
 
 
 # --8<-- [start:clear-expired-sessions]

@@ -5,6 +5,7 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
+from ..core.tasks import delete_in_batches
 from .models import OutboxMessage
 
 logger = logging.getLogger(__name__)
@@ -29,9 +30,7 @@ def prune_sent_messages(dry_run: bool = False) -> int:
     old = OutboxMessage.objects.filter(sent_at__lt=cutoff)
     if dry_run:
         return old.count()
-    deleted = 0
-    while batch := list(old.values_list("pk", flat=True)[:PRUNE_BATCH_SIZE]):
-        deleted += OutboxMessage.objects.filter(pk__in=batch).delete()[0]
+    deleted = delete_in_batches(old, PRUNE_BATCH_SIZE)
     logger.info("outbox: deleted %s messages sent before %s", deleted, cutoff)
     return deleted
     # --8<-- [end:prune-sent-messages]

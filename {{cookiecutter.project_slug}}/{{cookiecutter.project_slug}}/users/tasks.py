@@ -17,6 +17,7 @@ from django.utils.encoding import force_bytes
 from django.utils.http import urlsafe_base64_encode
 
 from .. import outbox
+from ..core.tasks import delete_in_batches
 from .models import PasswordResetRequest
 
 logger = logging.getLogger(__name__)
@@ -150,9 +151,7 @@ def prune_password_resets(dry_run: bool = False) -> int:
     old = PasswordResetRequest.objects.filter(created_at__lt=cutoff)
     if dry_run:
         return old.count()
-    deleted = 0
-    while batch := list(old.values_list("pk", flat=True)[:PRUNE_BATCH_SIZE]):
-        deleted += PasswordResetRequest.objects.filter(pk__in=batch).delete()[0]
+    deleted = delete_in_batches(old, PRUNE_BATCH_SIZE)
     logger.info("password resets: deleted %s requests made before %s", deleted, cutoff)
     return deleted
     # --8<-- [end:prune-password-resets]
