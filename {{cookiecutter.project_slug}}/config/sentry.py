@@ -135,8 +135,7 @@ def scrub_event(event, hint):
     }
     if event.get("request"):
         event["request"] = plain_request(event["request"])
-    for crumb in (event.get("breadcrumbs") or {}).get("values") or ():
-        scrub_breadcrumb(crumb, {})
+    # Breadcrumbs were kept back as they were recorded (before_breadcrumb=scrub_breadcrumb).
     for span in event.get("spans") or ():
         span["description"] = describe(span.get("op") or "", span.get("description") or "")
         span["data"] = {name: value for name, value in (span.get("data") or {}).items() if allowed(value)}
